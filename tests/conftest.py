@@ -1,0 +1,33 @@
+"""Shared fixtures: verl-stable's presets composed on verl's real config tree."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def compose(config_name: str = "minirl_trainer", overrides: list[str] | None = None):
+    """Compose a top-level verl-stable config exactly as ``python -m verl_stable.main`` does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="verl_stable.config", version_base=None):
+        return hydra_compose(config_name=config_name, overrides=overrides or [])
+
+
+@pytest.fixture(scope="session")
+def minirl_actor_config():
+    """verl's ActorConfig dataclass built from the composed ``algorithm=minirl`` preset."""
+    import verl_stable.plugin  # noqa: F401  (the entry point does this on `import verl`; explicit here)
+    from verl.utils.config import omega_conf_to_dataclass
+
+    cfg = compose(overrides=["algorithm=minirl", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
+    return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield

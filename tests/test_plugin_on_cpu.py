@@ -1,0 +1,75 @@
+"""Registration through verl's plugin entry point: fresh interpreter, Ray worker, no silent overwrite."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from verl_stable.losses import LOSS_MODES
+
+
+def test_fresh_interpreter_importing_only_verl_gets_the_losses():
+    code = (
+        "import verl\n"
+        "from verl.trainer.ppo.core_algos import get_policy_loss_fn\n"
+        f"for name in {sorted(LOSS_MODES)!r}:\n"
+        "    assert get_policy_loss_fn(name).__module__ == 'verl_stable.losses', name\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_ray_worker_registers_the_losses():
+    ray = pytest.importorskip("ray")
+    from verl_stable.cli import _registration_report
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        report = ray.get(ray.remote(num_cpus=0)(_registration_report).remote(), timeout=300)
+    finally:
+        ray.shutdown()
+    assert report["plugin_loaded"]
+    assert set(LOSS_MODES) <= set(report["losses"])
+
+
+def test_registration_refuses_to_overwrite_a_foreign_loss():
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    from verl_stable.losses import register_all
+
+    ours = POLICY_LOSS_REGISTRY["minirl"]
+
+    def impostor(*args, **kwargs):
+        raise AssertionError
+
+    POLICY_LOSS_REGISTRY["minirl"] = impostor
+    try:
+        with pytest.raises(RuntimeError, match="already registered by .*impostor"):
+            register_all()
+    finally:
+        POLICY_LOSS_REGISTRY["minirl"] = ours
+    register_all()  # re-registering our own functions is a no-op
+    assert POLICY_LOSS_REGISTRY["minirl"] is ours
+
+
+def test_doctor_passes_and_fails_loudly(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "verl_stable.cli", "doctor"], capture_output=True, text=True, timeout=600)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "Ray worker" in ok.stdout and "all checks passed" in ok.stdout
+    # A plugin that cannot import (a broken install) must fail doctor, not be swallowed as verl does.
+    (tmp_path / "verl_stable").mkdir()
+    (tmp_path / "verl_stable" / "__init__.py").write_text("__version__ = 'broken'\nVERL_VERSION = '0.9.1'\n")
+    (tmp_path / "verl_stable" / "losses.py").write_text("LOSS_MODES = {'minirl': None}\n")
+    (tmp_path / "verl_stable" / "plugin.py").write_text("raise ImportError('simulated broken install')\n")
+    cli = __import__("verl_stable.cli", fromlist=["__file__"]).__file__
+    (tmp_path / "verl_stable" / "cli.py").write_text(open(cli).read())
+    broken = subprocess.run(
+        [sys.executable, "-m", "verl_stable.cli", "doctor", "--no-ray"], capture_output=True, text=True,
+        timeout=600, cwd=tmp_path,
+    )
+    assert broken.returncode != 0
+    assert "simulated broken install" in broken.stdout

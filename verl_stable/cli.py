@@ -1,0 +1,136 @@
+"""``verl-stable`` command line: ``doctor`` checks that the plugin really loads, here and in Ray.
+
+verl imports plugins at ``import verl`` and logs a failure only at debug level, so a broken install
+shows up much later as "Unsupported loss mode: minirl" inside a Ray worker. ``doctor`` makes it loud.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata as md
+import subprocess
+import sys
+import textwrap
+
+ENTRY_POINT_GROUP = "verl.plugins"
+ENTRY_POINT_NAME = "verl_stable"
+
+# Run in a fresh interpreter (and in a Ray worker): import verl only, report what got registered.
+_PROBE = textwrap.dedent(
+    """
+    import json, sys
+    import verl
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+    print(json.dumps({"verl": verl.__version__, "plugin_loaded": "verl_stable.plugin" in sys.modules,
+                      "losses": sorted(POLICY_LOSS_REGISTRY)}))
+    """
+)
+
+
+def _registration_report() -> dict:
+    """What `import verl` registered in this process (runs inside the Ray worker)."""
+    import verl
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    return {
+        "verl": verl.__version__,
+        "plugin_loaded": "verl_stable.plugin" in sys.modules,
+        "losses": sorted(POLICY_LOSS_REGISTRY),
+    }
+
+
+def _ok(flag: bool) -> str:
+    return "ok  " if flag else "FAIL"
+
+
+def doctor(ray_worker: bool = True) -> int:
+    import verl_stable
+    from verl_stable.losses import LOSS_MODES
+
+    failures = 0
+    expected = set(LOSS_MODES)
+    print(f"verl-stable {verl_stable.__version__} (python {sys.version.split()[0]})")
+    for dist in ("torch", "verl", "transformers", "ray", "hydra-core"):
+        try:
+            version = md.version(dist)
+        except md.PackageNotFoundError:
+            version = "not installed"
+        note = ""
+        if dist == "verl" and version != verl_stable.VERL_VERSION:
+            note = f"  <- verl-stable is built and tested against verl=={verl_stable.VERL_VERSION}"
+            failures += 1
+        print(f"  {dist:<13} {version}{note}")
+
+    entry_points = [ep for ep in md.entry_points(group=ENTRY_POINT_GROUP) if ep.name == ENTRY_POINT_NAME]
+    print(f"[{_ok(bool(entry_points))}] entry point {ENTRY_POINT_GROUP}:{ENTRY_POINT_NAME} installed")
+    if not entry_points:
+        print("       reinstall verl-stable (pip install -e . / pip install verl-stable) on this node")
+        return 1
+    try:
+        entry_points[0].load()
+        print(f"[ok  ] plugin module {entry_points[0].value} imports")
+    except Exception as exc:  # the error verl would swallow at debug level
+        print(f"[FAIL] plugin module {entry_points[0].value} failed to import: {type(exc).__name__}: {exc}")
+        return 1
+
+    fresh = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True)
+    if fresh.returncode != 0:
+        print(f"[FAIL] fresh interpreter `import verl`:\n{fresh.stderr[-2000:]}")
+        failures += 1
+    else:
+        import json
+
+        report = json.loads(fresh.stdout.strip().splitlines()[-1])
+        missing = expected - set(report["losses"])
+        ok = report["plugin_loaded"] and not missing
+        failures += not ok
+        print(f"[{_ok(ok)}] fresh interpreter: `import verl` registers {sorted(expected - missing)}")
+        if missing:
+            print(f"       missing: {sorted(missing)} (set VERL_LOGGING_LEVEL=DEBUG to see verl's plugin errors)")
+
+    if ray_worker:
+        failures += _check_ray_worker(expected)
+    print("doctor: all checks passed" if failures == 0 else f"doctor: {failures} check(s) failed")
+    return 0 if failures == 0 else 1
+
+
+def _check_ray_worker(expected: set[str]) -> int:
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+
+        @ray.remote(num_cpus=0)
+        def probe() -> dict:
+            return _registration_report()
+
+        report = ray.get(probe.remote(), timeout=300)
+    except Exception as exc:
+        print(f"[FAIL] Ray worker: {type(exc).__name__}: {exc}")
+        return 1
+    finally:
+        if started_here:
+            ray.shutdown()
+    missing = expected - set(report["losses"])
+    ok = report["plugin_loaded"] and not missing
+    print(f"[{_ok(ok)}] Ray worker (verl {report['verl']}): plugin loaded, losses registered")
+    if missing:
+        print(f"       missing in the worker: {sorted(missing)}: is verl-stable installed on every node?")
+    return int(not ok)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="verl-stable", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    doc = sub.add_parser("doctor", help="check that the plugin loads here and in a Ray worker; non-zero on failure")
+    doc.add_argument("--no-ray", action="store_true", help="skip the Ray worker check")
+    args = parser.parse_args(argv)
+    if args.command == "doctor":
+        return doctor(ray_worker=not args.no_ray)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
