@@ -38,12 +38,12 @@ def requested() -> bool:
     return os.environ.get(PLATFORM_ENV, "").strip().lower() == PLATFORM_NAME
 
 
-def check_verl_version() -> None:
+def check_verl_version(installed: str | None = None) -> None:
     from importlib.metadata import version
 
     from verl_stable import VERL_VERSION
 
-    installed = version("verl")
+    installed = installed or version("verl")
     if installed != VERL_VERSION:
         raise UnsupportedVerlVersion(
             f"{PLATFORM_ENV}={PLATFORM_NAME}: verl-stable's CPU backend is built for verl=={VERL_VERSION}, "
@@ -78,8 +78,14 @@ def _register_platform() -> None:
 
     from verl_stable.cpu.platform import PlatformCPU
 
-    if PlatformRegistry.get(PLATFORM_NAME) is not PlatformCPU:
-        PlatformRegistry.register(platform=PLATFORM_NAME)(PlatformCPU)
+    existing = PlatformRegistry.get(PLATFORM_NAME)
+    if existing is PlatformCPU:
+        return
+    if existing is not None:
+        raise RuntimeError(
+            f"verl platform {PLATFORM_NAME!r} is already registered by {existing!r}; refusing to replace it"
+        )
+    PlatformRegistry.register(platform=PLATFORM_NAME)(PlatformCPU)
 
 
 def _gloo_only_backend() -> None:
@@ -118,6 +124,13 @@ def _register_rollout() -> None:
     from verl.workers.rollout import base as rollout_base
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
+    adapter = "verl_stable.cpu.rollout.HFCPUServerAdapter"
+    registered_loader = RolloutReplicaRegistry._registry.get(ROLLOUT_NAME)
+    registered_adapter = rollout_base._ROLLOUT_REGISTRY.get((ROLLOUT_NAME, "async"))
+    if registered_loader not in (None, _load_replica) or registered_adapter not in (None, adapter):
+        raise RuntimeError(
+            f"rollout {ROLLOUT_NAME!r} is already registered in verl by someone else; refusing to replace it"
+        )
     RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
     # verl has no registration function for server adapters; this dict is its registry.
-    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = "verl_stable.cpu.rollout.HFCPUServerAdapter"
+    rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = adapter

@@ -1,0 +1,1 @@
+"""Verifiable toy tasks (data, tiny models, rewards) for CPU runs of verl's real trainer."""
