@@ -22,6 +22,11 @@ import verl_stable.plugin  # noqa: F401
 def main(config) -> None:
     from verl.trainer.main_ppo import main as verl_main
 
+    from verl_stable.routing.fsdp import check_trainer_config
+
+    # Fail before Ray starts, naming the key: R3 without route return, replay on a non-FSDP strategy, ...
+    check_trainer_config(config)
+
     # verl's main is itself a @hydra.main; call the function it wraps with our composed config.
     verl_main.__wrapped__(config)
 

@@ -15,3 +15,18 @@ _register_losses()
 from verl_stable.cpu import activate_if_requested as _activate_cpu  # noqa: E402
 
 _activate_cpu()
+
+# Routing replay R2/R3 for verl's FSDP engine; a pass-through unless
+# actor_rollout_ref.actor.fsdp_config.router_replay.mode is R2/R3. Installed when verl itself imports its
+# engine registry (after the CPU backend above, whose platform that import resolves), not here: importing
+# the engine package costs seconds in processes that never build an engine.
+from verl_stable._post_import import after_import as _after_import  # noqa: E402
+
+
+def _install_fsdp_routing_replay(_module) -> None:
+    from verl_stable.routing.fsdp import install
+
+    install()
+
+
+_after_import("verl.workers.engine.base", _install_fsdp_routing_replay)

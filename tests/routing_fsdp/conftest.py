@@ -1,0 +1,38 @@
+"""Fixtures for tests/routing_fsdp: one gloo process group and one tiny Qwen3-MoE per session
+(helpers in ``_harness``)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+from _harness import free_port, save_tiny_moe
+
+
+@pytest.fixture(scope="session")
+def process_group():
+    """A world of one over gloo: what the FSDP engine's device mesh is built on."""
+    import torch.distributed as dist
+
+    import verl  # noqa: F401  (loads verl_stable.plugin: the CPU platform)
+    from verl_stable.cpu import activate_if_requested
+    from verl_stable.routing.fsdp import install
+
+    activate_if_requested()
+    install()
+    created = False
+    if not dist.is_initialized():
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",
+                          LOCAL_RANK="0")
+        dist.init_process_group(backend="gloo", rank=0, world_size=1)
+        created = True
+    yield
+    if created:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def tiny_moe_path(tmp_path_factory):
+    return save_tiny_moe(str(tmp_path_factory.mktemp("tiny_qwen3_moe")))
+
+

@@ -1,0 +1,123 @@
+"""The routing_replay=R2|R3 presets on verl's real config tree, the config checks, and the agreement math."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+BASE = ["algorithm=minirl", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"]
+
+
+def compose(overrides):
+    """tests/conftest.py's compose(); imported by path because this directory's conftest shadows the name."""
+    spec = importlib.util.spec_from_file_location("_top_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod.compose(overrides=overrides)
+
+
+@pytest.mark.parametrize("mode,route_return", [("R2", False), ("R3", True)])
+def test_preset_sets_verls_switch_for_the_fsdp_engine(mode, route_return):
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from verl_stable.routing.fsdp import check_trainer_config
+
+    cfg = compose(BASE + [f"routing_replay={mode}"])
+    assert cfg.actor_rollout_ref.rollout.enable_rollout_routing_replay is route_return
+    # verl's own dataclass path: FSDPActorConfig.engine (= fsdp_config) carries EngineRouterReplayConfig.
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    assert actor.engine.router_replay.mode == mode
+    # The reference model's engine is not replayed.
+    ref_rr = cfg.actor_rollout_ref.ref.fsdp_config.get("router_replay", None)
+    assert ref_rr is None or ref_rr.mode == "disabled"
+    assert check_trainer_config(cfg) == mode
+
+
+def test_no_preset_is_disabled():
+    from verl_stable.routing.fsdp import check_trainer_config
+
+    assert check_trainer_config(compose(BASE)) == "disabled"
+
+
+def test_r3_without_route_return_names_the_key():
+    from verl_stable.routing.fsdp import check_trainer_config
+
+    cfg = compose(BASE + ["routing_replay=R3", "actor_rollout_ref.rollout.enable_rollout_routing_replay=False"])
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.rollout\.enable_rollout_routing_replay=True"):
+        check_trainer_config(cfg)
+    cfg = compose(BASE + ["routing_replay=R2", "actor_rollout_ref.rollout.enable_rollout_routing_replay=True"])
+    with pytest.raises(ValueError, match="Use R3"):
+        check_trainer_config(cfg)
+
+
+def test_r2_with_bypass_mode_is_rejected_by_verls_own_validation():
+    """verl validates R2 against bypass mode from the actor's engine config: our switch is verl's switch."""
+    from verl.utils.config import _validate_router_replay_config, omega_conf_to_dataclass
+
+    cfg = compose(BASE + ["routing_replay=R2", "algorithm.rollout_correction.bypass_mode=True"])
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)
+    with pytest.raises(ValueError, match="bypass_mode=False"):
+        _validate_router_replay_config(actor, cfg.algorithm.rollout_correction)
+
+
+def _loop_agreement(native, replayed, valid):
+    T, L, K = native.shape
+    same = torch.zeros(L, dtype=torch.float64)
+    shared = torch.zeros(L, dtype=torch.float64)
+    any_mismatch = 0
+    n = 0
+    for t in range(T):
+        if not valid[t]:
+            continue
+        n += 1
+        differs = False
+        for layer in range(L):
+            a, b = set(native[t, layer].tolist()), set(replayed[t, layer].tolist())
+            same[layer] += a == b
+            shared[layer] += len(a & b) / K
+            differs |= a != b
+        any_mismatch += differs
+    return n, same, shared, any_mismatch
+
+
+def test_agreement_counts_match_a_loop_and_merge_exactly():
+    from verl_stable.diagnostics import agreement_counts, counts_to_metrics, merge_counts
+
+    g = torch.Generator().manual_seed(0)
+    T, L, E, K = 40, 3, 6, 2
+    native = torch.rand(T, L, E, generator=g).argsort(-1)[..., :K]
+    replayed = native.clone()
+    flip = torch.rand(T, L, generator=g) < 0.3
+    replayed[flip] = torch.rand(int(flip.sum()), E, generator=g).argsort(-1)[..., :K]
+    replayed = replayed.flip(-1)  # order within the top-k must not matter
+    valid = torch.rand(T, generator=g) > 0.2
+
+    c = agreement_counts(native, replayed, valid)
+    n, same, shared, any_mismatch = _loop_agreement(native, replayed, valid)
+    assert c["tokens"].tolist() == [n] * L and c["missing"] == T - n
+    torch.testing.assert_close(c["same_set"], same, rtol=0, atol=0)
+    torch.testing.assert_close(c["shared"], shared, rtol=1e-12, atol=0)
+    assert c["any_mismatch"] == any_mismatch
+
+    # Two micro-batches merge to the counts of the whole batch.
+    a = agreement_counts(native[:15], replayed[:15], valid[:15])
+    b = agreement_counts(native[15:], replayed[15:], valid[15:])
+    m = counts_to_metrics(merge_counts(merge_counts(None, a), b))
+    whole = counts_to_metrics(c)
+    assert m.keys() == whole.keys()
+    for k in m:
+        assert m[k] == pytest.approx(whole[k], rel=1e-12)
+    assert whole["routing/agreement_mean"] == pytest.approx((same / n).mean().item(), rel=1e-12)
+    assert whole["routing/tokens_mismatch_any_layer"] == pytest.approx(any_mismatch / n, rel=1e-12)
+    assert whole["routing/tokens_without_route"] == pytest.approx((T - n) / T, rel=1e-12)
+
+
+def test_metrics_without_comparable_tokens_are_nan_free():
+    from verl_stable.diagnostics import agreement_counts, counts_to_metrics
+
+    x = torch.zeros(4, 2, 2, dtype=torch.long)
+    m = counts_to_metrics(agreement_counts(x, x, torch.zeros(4, dtype=torch.bool)))
+    assert m == {"routing/tokens_without_route": 1.0}

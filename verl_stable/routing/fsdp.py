@@ -1,0 +1,519 @@
+"""Routing replay (R2 / R3) for verl's FSDP / FSDP2 training engine.
+
+verl 0.9.1 replays MoE routes on its Megatron and VeOmni engines only. This module adds it to the FSDP
+engine (``FSDPEngineWithLMHead``, or whatever LM engine is registered for the device, e.g. our CPU one)
+as a mixin, selected by verl's own switch, which the FSDP engine config already carries:
+
+    actor_rollout_ref.actor.fsdp_config.router_replay.mode = disabled | R2 | R3
+
+* R2: the π_old pass (``compute_log_prob`` → ``infer_batch``) RECORDS the experts the training engine picks
+  and returns them as ``model_output["routed_experts"]``; verl writes that field into the batch (the v1
+  trainer's TransferQueue, run end to end; the legacy trainer's ``DataProto`` union, conversion checked
+  only), and every mini-batch forward and backward of ``update_actor`` REPLAYS them.
+* R3: the rollout engine's routes (``routed_experts``, produced when
+  ``actor_rollout_ref.rollout.enable_rollout_routing_replay=True``) are REPLAYED in the π_old pass and in
+  every update.
+
+How routes follow their tokens. verl already carries ``batch["routed_experts"]`` as a per-token field:
+``left_right_2_no_padding`` turns the left/right padded ``[B, S, layers, top_k]`` into a nested
+``[B, j, layers, top_k]`` aligned with the nested ``input_ids`` (the v1 agent loop stores it that way
+directly), and verl's own ``prepare_micro_batches`` (fixed micro-batches, or dynamic batch sizes with their
+re-ordering) and ``postprocess_batch_func`` (undoing that re-ordering on outputs) move it with its
+sequence. The only layout this module does itself is the one the engine does at model-input time, in
+``prepare_model_inputs``: packing (``use_remove_padding``: ``[1, nnz]``, nnz rows), the static bucket pad
+(``pad_to_length``) and Ulysses pad + slice, or padded ``[b, S]`` (b*S rows) without remove-padding. The
+inverse runs on recorded routes (gather over the Ulysses group, strip the pads, back to nested).
+
+The replay context (``verl_stable.routing.replay.RoutingReplay``) is bound to this engine's model only
+and stays open from the micro-batch's forward through its backward, so the recompute that gradient
+checkpointing runs during backward replays the same indices. It is closed before the next micro-batch's
+forward and at the end of ``forward_backward_batch`` (also on error).
+
+Not replayed: the reference model (its engine has its own ``ref.fsdp_config`` with mode ``disabled``; a
+LoRA "ref in actor" pass runs inside ``disable_adapter()``, which suspends replay here), critics (value
+model engine untouched).
+
+Metrics (``verl_stable.diagnostics``): per-layer agreement between each router's own top-k and the replayed
+experts, per update under ``routing/`` (verl's v1 trainer logs them as ``actor/routing/...``) and, for the
+π_old pass, under ``routing/old_pass/`` -- verl drops the π_old pass's metrics, so the engine hands them to
+the next update once.
+
+Integration (the upstream patch this becomes):
+  * ``FSDPEngineWithLMHead`` methods overridden by the mixin (each calls the stock one):
+    ``forward_backward_batch`` (decide record/replay, close the last context, report metrics),
+    ``prepare_model_inputs`` (lay the micro-batch's routes out like the model input, open the context),
+    ``forward_step`` (collect recorded routes / agreement counts), ``disable_adapter`` (suspend replay).
+    Reused verl helpers: ``build_attention_mask_from_nested``, ``ulysses_pad``,
+    ``get_ulysses_sequence_parallel_rank``, ``FSDPEngine._get_packed_pad_size`` /
+    ``_gather_and_unpad_packed``; micro-batching/re-ordering is verl's own, untouched.
+  * ``verl.workers.engine.base.EngineRegistry.get_engine_cls``: wrapped by :func:`install` so that the LM
+    engine class registered for ``fsdp``/``fsdp2`` (any device) is returned with
+    :class:`RoutingReplayEngineMixin` in front; with mode ``disabled`` every override is a pass-through.
+    Upstream this is simply the mixin's code living in ``FSDPEngineWithLMHead``.
+  * ``verl.workers.engine_workers.ActorRolloutRefWorker.__init__`` hard-codes ``enable_routing_replay =
+    False`` for FSDP, so verl's per-call flag (``enable_routing_replay``: True for compute_log_prob and
+    update_actor, False for compute_ref_log_prob) is never set for FSDP. We do not patch it: the engine
+    treats an absent flag as "replay on" (the ref engine is protected by its own config). Upstream: read
+    ``actor.fsdp_config.router_replay.mode`` there too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+from verl_stable.diagnostics import counts_to_metrics, layer_agreement, merge_counts
+from verl_stable.routing.routes import Routes, pack, ulysses_pad_and_slice, unpack
+
+__all__ = [
+    "ROUTES_KEY",
+    "MODE_KEY",
+    "ROUTE_RETURN_KEY",
+    "RoutingReplayEngineMixin",
+    "with_routing_replay",
+    "install",
+    "check_trainer_config",
+]
+
+ROUTES_KEY = "routed_experts"
+MODE_KEY = "actor_rollout_ref.actor.fsdp_config.router_replay.mode"
+ROUTE_RETURN_KEY = "actor_rollout_ref.rollout.enable_rollout_routing_replay"
+_FSDP_BACKENDS = ("fsdp", "fsdp2")
+_MODES = ("disabled", "R2", "R3")
+
+RECORD = "record"
+REPLAY = "replay"
+
+
+# ---------------------------------------------------------------------------------------------- config
+def check_trainer_config(config) -> str:
+    """Validate the replay switches of a composed trainer config (OmegaConf or dict-like); return the mode.
+
+    Raises ValueError naming the key to fix: R3 without the rollout returning routes, a non-FSDP strategy
+    (use verl's own Megatron/VeOmni replay there), an unknown mode.
+    """
+
+    def sel(path, default=None):
+        node = config
+        for part in path.split("."):
+            if node is None:
+                return default
+            node = node.get(part, None) if hasattr(node, "get") else getattr(node, part, None)
+        return default if node is None else node
+
+    mode = sel(MODE_KEY, "disabled")
+    if mode not in _MODES:
+        raise ValueError(f"{MODE_KEY}={mode!r}; must be one of {_MODES}")
+    if mode == "disabled":
+        return mode
+    strategy = sel("actor_rollout_ref.actor.strategy")
+    if strategy not in _FSDP_BACKENDS:
+        raise ValueError(
+            f"{MODE_KEY}={mode} is verl-stable's FSDP routing replay, but actor_rollout_ref.actor.strategy="
+            f"{strategy!r}; for megatron/veomni set actor_rollout_ref.actor.<engine>.router_replay.mode instead"
+        )
+    if mode == "R3" and not sel(ROUTE_RETURN_KEY, False):
+        raise ValueError(
+            f"{MODE_KEY}=R3 replays the rollout engine's routes, but {ROUTE_RETURN_KEY}=False: the rollout "
+            f"returns none. Set {ROUTE_RETURN_KEY}=True (or use routing_replay=R2)."
+        )
+    if mode == "R2" and sel(ROUTE_RETURN_KEY, False):
+        raise ValueError(
+            f"{MODE_KEY}=R2 records the training engine's routes in the π_old pass; {ROUTE_RETURN_KEY}=True "
+            "would also put the rollout's routes in the batch under the same field. Use R3 for rollout routes, "
+            f"or set {ROUTE_RETURN_KEY}=False."
+        )
+    return mode
+
+
+# ---------------------------------------------------------------------------------------------- layouts
+def nested_to_packed_routes(routed: torch.Tensor, input_ids: torch.Tensor, spec) -> Routes:
+    """``micro_batch["routed_experts"]`` (nested ``[b, j, layers, top_k]``) as packed Routes, one row per
+    token of the nested ``input_ids`` in the same order (what ``input_ids.values()`` is).
+
+    The layer axis may be the model's MoE layers or all decoder layers (rollout engines); all-zero rows
+    (verl's filler for tokens the rollout never routed) become rows without a route, routed natively.
+    """
+    if not getattr(routed, "is_nested", False):
+        raise ValueError(
+            f"batch['{ROUTES_KEY}'] must be a nested per-token tensor aligned with the nested input_ids "
+            "(verl's left_right_2_no_padding makes it one); got a dense tensor of shape "
+            f"{tuple(routed.shape)}"
+        )
+    want = input_ids.offsets().diff().cpu()
+    have = routed.offsets().diff().cpu()
+    if have.shape != want.shape or not torch.equal(have, want):
+        raise ValueError(
+            f"batch['{ROUTES_KEY}'] sequence lengths {have.tolist()} differ from input_ids lengths "
+            f"{want.tolist()}: routes must cover prompt + response of every sequence, token for token"
+        )
+    return Routes.from_engine(routed.values(), spec)
+
+
+def packed_to_nested(routes: Routes, input_ids: torch.Tensor) -> torch.Tensor:
+    """Packed routes (one row per token of nested ``input_ids``) as nested int16 ``[b, j, layers, top_k]``
+    (verl's dtype for ``routed_experts``) sharing ``input_ids``' offsets."""
+    if routes.num_tokens != input_ids.values().shape[0]:
+        raise RuntimeError(
+            f"recorded {routes.num_tokens} route rows for {input_ids.values().shape[0]} tokens: the recorder "
+            "did not see every token exactly once"
+        )
+    values = routes.experts.to(torch.int16)
+    return torch.nested.nested_tensor_from_jagged(values, offsets=input_ids.offsets().to(values.device))
+
+
+def padded_mask(input_ids: torch.Tensor) -> torch.Tensor:
+    """The right-padded ``[b, max_len]`` attention mask the engine builds for remove-padding off."""
+    from verl.workers.utils.padding import build_attention_mask_from_nested
+
+    return build_attention_mask_from_nested(input_ids=input_ids)
+
+
+# ---------------------------------------------------------------------------------------------- diagnostics tap
+class _AgreementTap:
+    """Per-token agreement between what each router picks itself and what is replayed, over one forward.
+
+    Wraps the replay state's public ``indices(layer, native)`` (the hook asks it which experts to use, given
+    the router's own choice) on this one instance, and compares on the first firing of each layer (a
+    checkpoint recompute fires again and is not double-counted). Rows without a route (padding, tokens the
+    rollout never routed) are masked out. Sums stay on the router's device (no host sync inside the
+    forward); :meth:`counts` reads them once per micro-batch.
+    """
+
+    def __init__(self, state, replayed: Routes, num_layers: int, missing: int):
+        self._valid = replayed.valid_mask()
+        self._num_layers = num_layers
+        self._missing = missing
+        self._seen: set[int] = set()
+        self._same: list[torch.Tensor] = [None] * num_layers
+        self._shared: list[torch.Tensor] = [None] * num_layers
+        self._mismatch: Optional[torch.Tensor] = None
+        choose = state.indices
+
+        def indices(layer: int, native: torch.Tensor) -> torch.Tensor:
+            idx = choose(layer, native)
+            if layer not in self._seen:
+                self._seen.add(layer)
+                with torch.no_grad():
+                    valid = self._valid.to(native.device)
+                    same, shared = layer_agreement(native, idx)
+                    self._same[layer] = (same & valid).sum()
+                    self._shared[layer] = (shared * valid).sum()
+                    differs = ~same & valid
+                    self._mismatch = differs if self._mismatch is None else self._mismatch | differs
+            return idx
+
+        state.indices = indices
+
+    def counts(self) -> dict:
+        if len(self._seen) != self._num_layers:
+            raise RuntimeError(
+                f"routing replay: only MoE layers {sorted(self._seen)} of {self._num_layers} were replayed in this "
+                "forward"
+            )
+        n = float(self._valid.sum())
+        return {
+            "tokens": torch.full((self._num_layers,), n, dtype=torch.float64),
+            "missing": self._missing,
+            "same_set": torch.stack(self._same).double().cpu(),
+            "shared": torch.stack(self._shared).double().cpu(),
+            "any_mismatch": int(self._mismatch.sum()),
+        }
+
+
+# ---------------------------------------------------------------------------------------------- the mixin
+@dataclass
+class _Pass:
+    """State of one ``forward_backward_batch`` with replay or recording (never outlives it)."""
+
+    action: str
+    stack: Optional[ExitStack] = None
+    handle: Any = None  # the record/replay handle of the open micro-batch
+    layout: dict = field(default_factory=dict)
+    counts: Optional[dict] = None
+
+    def close(self) -> None:
+        if self.stack is not None:
+            stack, self.stack, self.handle = self.stack, None, None
+            stack.close()
+
+
+class RoutingReplayEngineMixin:
+    """Put in front of verl's FSDP LM engine class (see :func:`with_routing_replay`). With
+    ``engine_config.router_replay.mode == "disabled"`` every method is a pass-through."""
+
+    _rr_pass: Optional[_Pass] = None
+    _rr_binding: Any = None
+    _rr_suspended: bool = False
+    _rr_pending_metrics: Optional[dict] = None
+
+    # ---- config
+    @property
+    def routing_replay_mode(self) -> str:
+        rr = getattr(self.engine_config, "router_replay", None)
+        if rr is None:
+            mode = "disabled"
+        elif isinstance(rr, Mapping):
+            mode = rr.get("mode", "disabled")
+        else:
+            mode = getattr(rr, "mode", "disabled")
+        if mode not in _MODES:
+            raise ValueError(f"{MODE_KEY}={mode!r}; must be one of {_MODES}")
+        return mode
+
+    def _routing_replay(self):
+        """The replay context bound to this engine's model (built on first use, after ``initialize``)."""
+        if self._rr_binding is None:
+            from verl_stable.routing.replay import RoutingReplay
+
+            self._rr_binding = RoutingReplay(self.module)
+        return self._rr_binding
+
+    def _rr_action(self, data, forward_only: bool) -> Optional[str]:
+        from verl.utils import tensordict_utils as tu
+
+        mode = self.routing_replay_mode
+        if mode == "disabled" or self._rr_suspended:
+            return None
+        # verl's per-call flag: False on compute_ref_log_prob. Absent (FSDP workers never set it) = on.
+        if not tu.get_non_tensor_data(data=data, key="enable_routing_replay", default=True):
+            return None
+        has_routes = data.get(ROUTES_KEY, None) is not None
+        if mode == "R2":
+            if forward_only:
+                if has_routes:
+                    raise ValueError(
+                        f"{MODE_KEY}=R2 records the training engine's routes in the π_old pass, but the batch "
+                        f"already has '{ROUTES_KEY}' (rollout routes: {ROUTE_RETURN_KEY}=True?). Use R3 to replay "
+                        f"rollout routes, or set {ROUTE_RETURN_KEY}=False."
+                    )
+                return RECORD
+            if not has_routes:
+                raise ValueError(
+                    f"{MODE_KEY}=R2: the update batch has no '{ROUTES_KEY}'. R2 replays the routes recorded by "
+                    "compute_log_prob (the π_old pass); that pass did not run on this batch (is "
+                    "algorithm.rollout_correction.bypass_mode=True?) or its output was dropped."
+                )
+            return REPLAY
+        if not has_routes:
+            raise ValueError(
+                f"{MODE_KEY}=R3 replays the rollout engine's routes, but the batch has no '{ROUTES_KEY}'. Set "
+                f"{ROUTE_RETURN_KEY}=True and use a rollout backend that returns routed experts."
+            )
+        return REPLAY
+
+    # ---- the engine's per-batch entry point
+    def forward_backward_batch(self, data, loss_function: Callable, forward_only: bool = False):
+        action = self._rr_action(data, forward_only)
+        if action is None:
+            return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
+        if self._rr_pass is not None:
+            raise RuntimeError("forward_backward_batch re-entered while a routing replay pass is open")
+        self._rr_pass = _Pass(action)
+        try:
+            output = super().forward_backward_batch(data, loss_function, forward_only=forward_only)
+            counts = self._rr_pass.counts
+        finally:
+            # The last micro-batch's backward has run: close its context (also on error).
+            self._rr_pass.close()
+            self._rr_pass = None
+        self._rr_report(output, counts, forward_only)
+        return output
+
+    def _rr_report(self, output: dict, counts: Optional[dict], forward_only: bool) -> None:
+        """Agreement metrics on verl's metric path. ``output["metrics"]`` values are lists (one entry per
+        micro-batch, postprocess_batch_func's convention); ours are one per batch."""
+        metrics = output.setdefault("metrics", {})
+        if counts is not None:
+            prefix = "routing/old_pass/" if forward_only else "routing/"
+            own = counts_to_metrics(counts, prefix=prefix)
+            for k, v in own.items():
+                metrics[k] = [v]
+            if forward_only:
+                # verl's trainers drop the π_old pass's metrics; hand them to the next update, which is logged
+                # (under actor/routing/old_pass/...). That is where R3's train-inference mismatch lives.
+                self._rr_pending_metrics = own
+        if not forward_only and self._rr_pending_metrics:
+            for k, v in self._rr_pending_metrics.items():
+                metrics.setdefault(k, [v])
+            self._rr_pending_metrics = None
+
+    # ---- per micro-batch: layout + open the context right before the model's forward
+    def prepare_model_inputs(self, micro_batch):
+        model_inputs, output_args = super().prepare_model_inputs(micro_batch)
+        p = self._rr_pass
+        if p is None:
+            return model_inputs, output_args
+        # The previous micro-batch's forward, backward and checkpoint recompute are done.
+        p.close()
+        from verl.utils import tensordict_utils as tu
+
+        rr = self._routing_replay()
+        use_rmpad = tu.get_non_tensor_data(data=micro_batch, key="use_remove_padding", default=True)
+        input_ids = micro_batch["input_ids"]
+        layout = {"use_rmpad": use_rmpad, "input_ids": input_ids}
+        if use_rmpad:
+            layout["pad_size"] = int(output_args.get("pad_size", 0))
+            n_rows = int(model_inputs["input_ids"].shape[-1])
+        else:
+            layout["mask"] = padded_mask(input_ids)
+            n_rows = int(layout["mask"].numel())
+            if tuple(model_inputs["input_ids"].shape) != tuple(layout["mask"].shape):
+                raise RuntimeError(
+                    f"routing replay: padded input_ids {tuple(model_inputs['input_ids'].shape)} do not match the "
+                    f"mask verl builds {tuple(layout['mask'].shape)}"
+                )
+        layout["rows"] = n_rows
+        p.layout = layout
+        stack = ExitStack()
+        try:
+            if p.action == RECORD:
+                p.handle = stack.enter_context(rr.record())
+            else:
+                routes = self._rr_model_rows(micro_batch, layout, rr.spec)
+                if routes.num_tokens != n_rows:
+                    raise RuntimeError(
+                        f"routing replay: {routes.num_tokens} route rows for a model input of {n_rows} tokens"
+                    )
+                state = stack.enter_context(rr.replay(routes))
+                p.handle = _AgreementTap(state, routes, rr.spec.num_layers, layout["missing"])
+        except BaseException:
+            stack.close()
+            raise
+        p.stack = stack
+        return model_inputs, output_args
+
+    def _rr_model_rows(self, micro_batch, layout: dict, spec) -> Routes:
+        """The micro-batch's routes in the token layout of the model input."""
+        packed = nested_to_packed_routes(micro_batch[ROUTES_KEY], layout["input_ids"], spec)
+        packed = packed.to(layout["input_ids"].values().device)
+        # Real tokens the routes do not cover (routed natively): reported, never silently replayed.
+        layout["missing"] = int((~packed.valid_mask()).sum())
+        if not layout["use_rmpad"]:
+            return unpack(packed, layout["mask"])  # b*S rows, right padding without a route
+        sp_size = int(getattr(self, "ulysses_sequence_parallel_size", 1) or 1)
+        sp_pad = 0
+        static_pad = layout["pad_size"]
+        if sp_size > 1:
+            from verl.utils.ulysses import get_ulysses_sequence_parallel_rank, ulysses_pad
+
+            # verl pads the global packed sequence by the static bucket pad first, then to a multiple of sp.
+            static_pad = int(self._get_packed_pad_size(packed.num_tokens))
+            _, _, sp_pad = ulysses_pad(torch.zeros(1, packed.num_tokens + static_pad), None, sp_size)
+            if static_pad + sp_pad != layout["pad_size"]:
+                raise RuntimeError(
+                    f"routing replay: pad bookkeeping {static_pad}+{sp_pad} != engine pad_size {layout['pad_size']}"
+                )
+            local, _ = ulysses_pad_and_slice(
+                packed.pad_tokens(static_pad), sp_size, get_ulysses_sequence_parallel_rank()
+            )
+            return local
+        return packed.pad_tokens(static_pad)
+
+    def forward_step(self, micro_batch, loss_function, forward_only):
+        loss, output = super().forward_step(micro_batch, loss_function, forward_only)
+        p = self._rr_pass
+        if p is None or p.handle is None:
+            return loss, output
+        if p.action == RECORD:
+            rec = p.handle
+            if rec.num_forwards != 1:
+                raise RuntimeError(f"routing replay: {rec.num_forwards} model forwards recorded for one micro-batch")
+            recorded = rec.routes[0]
+            output.setdefault("model_output", {})[ROUTES_KEY] = self._rr_recorded_to_nested(recorded, p.layout)
+        else:
+            p.counts = merge_counts(p.counts, p.handle.counts())
+        return loss, output
+
+    def _rr_recorded_to_nested(self, recorded: Routes, layout: dict) -> torch.Tensor:
+        input_ids = layout["input_ids"]
+        if recorded.num_tokens != layout["rows"]:
+            raise RuntimeError(
+                f"routing replay: recorded {recorded.num_tokens} route rows for a model input of {layout['rows']} "
+                "tokens"
+            )
+        if not layout["use_rmpad"]:
+            return packed_to_nested(pack(recorded, layout["mask"]), input_ids)
+        experts = recorded.experts
+        if int(getattr(self, "ulysses_sequence_parallel_size", 1) or 1) > 1 or layout["pad_size"]:
+            # Gather the Ulysses shards (ints through an int32 all-gather) and strip the tail pads.
+            gathered = self._gather_and_unpad_packed(experts.to(torch.int32), layout["pad_size"])
+            experts = gathered.to(recorded.experts.dtype)
+        return packed_to_nested(Routes(experts, recorded.num_experts), input_ids)
+
+    # ---- a LoRA "ref in actor" pass runs with the adapter disabled: that is the reference model, not replayed
+    @contextmanager
+    def _rr_suspend(self):
+        prev, self._rr_suspended = self._rr_suspended, True
+        try:
+            yield
+        finally:
+            self._rr_suspended = prev
+
+    def disable_adapter(self):
+        base = super().disable_adapter()
+
+        @contextmanager
+        def ctx():
+            with self._rr_suspend(), base:
+                yield
+
+        return ctx()
+
+
+# ---------------------------------------------------------------------------------------------- registration
+_WITH_REPLAY: dict[type, type] = {}
+
+
+def with_routing_replay(engine_cls: type) -> type:
+    """``engine_cls`` with :class:`RoutingReplayEngineMixin` in front (cached, idempotent)."""
+    if issubclass(engine_cls, RoutingReplayEngineMixin):
+        return engine_cls
+    cls = _WITH_REPLAY.get(engine_cls)
+    if cls is None:
+        cls = type(
+            f"RoutingReplay{engine_cls.__name__}",
+            (RoutingReplayEngineMixin, engine_cls),
+            {"__module__": __name__, "__doc__": f"{engine_cls.__name__} with verl-stable's R2/R3 routing replay."},
+        )
+        _WITH_REPLAY[engine_cls] = cls
+    return cls
+
+
+_INSTALLED = False
+
+
+def install() -> None:
+    """Make verl's engine registry hand out the replay-capable FSDP LM engine (idempotent).
+
+    Wraps ``EngineRegistry.get_engine_cls`` rather than re-registering: whichever class is registered for
+    (``language_model``, ``fsdp``/``fsdp2``, device) — verl's CUDA/NPU engine or a plugin's CPU engine,
+    registered before or after this call — gets the mixin in front at lookup time. Nothing else changes;
+    with ``router_replay.mode=disabled`` the engine behaves exactly as before.
+
+    Call it from ``verl_stable.plugin`` (loaded by verl in every process) AFTER the CPU backend's activation:
+    importing verl's engine package resolves the platform at import time, so a custom platform must be
+    registered first.
+    """
+    global _INSTALLED
+    if _INSTALLED:
+        return
+    from verl.workers.engine.base import EngineRegistry
+
+    stock = EngineRegistry.get_engine_cls.__func__
+
+    def get_engine_cls(cls, model_type: str, backend: str):
+        engine_cls = stock(cls, model_type, backend)
+        is_fsdp_lm = model_type == "language_model" and backend in _FSDP_BACKENDS
+        if is_fsdp_lm and hasattr(engine_cls, "prepare_model_inputs"):
+            return with_routing_replay(engine_cls)
+        return engine_cls
+
+    get_engine_cls.__doc__ = stock.__doc__
+    get_engine_cls.__wrapped__ = stock
+    EngineRegistry.get_engine_cls = classmethod(get_engine_cls)
+    _INSTALLED = True
