@@ -143,7 +143,6 @@ def _metrics(stats: objectives.MiniRLStats) -> dict[str, float]:
 
 def _token_is_loss(
     loss_mode: str,
-    *,
     use_is: bool,
     clip: bool,
     old_log_prob: torch.Tensor,
@@ -208,16 +207,8 @@ def compute_policy_loss_minirl(
             stacklevel=2,
         )
     return _token_is_loss(
-        "minirl",
-        use_is=True,
-        clip=True,
-        old_log_prob=old_log_prob,
-        log_prob=log_prob,
-        advantages=advantages,
-        response_mask=response_mask,
-        loss_agg_mode=loss_agg_mode,
-        config=config,
-        rollout_is_weights=rollout_is_weights,
+        "minirl", True, True,
+        old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights,
     )
 
 
@@ -226,16 +217,8 @@ def compute_policy_loss_minirl_no_is(
 ):
     """Ablation "w/o train-infer IS": MiniRL with w_t ≡ 1 (collapses quickly in the paper)."""
     return _token_is_loss(
-        "minirl_no_is",
-        use_is=False,
-        clip=True,
-        old_log_prob=old_log_prob,
-        log_prob=log_prob,
-        advantages=advantages,
-        response_mask=response_mask,
-        loss_agg_mode=loss_agg_mode,
-        config=config,
-        rollout_is_weights=rollout_is_weights,
+        "minirl_no_is", False, True,
+        old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights,
     )
 
 
@@ -250,16 +233,8 @@ def compute_policy_loss_minirl_length_norm(
             f"{loss_agg_mode} does not normalise by length; set {_AGG_MODE_KEY}=seq-mean-token-mean."
         )
     return _token_is_loss(
-        "minirl_length_norm",
-        use_is=True,
-        clip=True,
-        old_log_prob=old_log_prob,
-        log_prob=log_prob,
-        advantages=advantages,
-        response_mask=response_mask,
-        loss_agg_mode=loss_agg_mode,
-        config=config,
-        rollout_is_weights=rollout_is_weights,
+        "minirl_length_norm", True, True,
+        old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights,
     )
 
 
@@ -268,16 +243,8 @@ def compute_policy_loss_minirl_no_clip(
 ):
     """Ablation "no clipping": the token-level IS objective sg[π_θ/μ_old]·Â·log π_θ, M_t ≡ 1."""
     return _token_is_loss(
-        "minirl_no_clip",
-        use_is=True,
-        clip=False,
-        old_log_prob=old_log_prob,
-        log_prob=log_prob,
-        advantages=advantages,
-        response_mask=response_mask,
-        loss_agg_mode=loss_agg_mode,
-        config=config,
-        rollout_is_weights=rollout_is_weights,
+        "minirl_no_clip", True, False,
+        old_log_prob, log_prob, advantages, response_mask, loss_agg_mode, config, rollout_is_weights,
     )
 
 

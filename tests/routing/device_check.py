@@ -36,6 +36,9 @@ def main() -> int:
             tag = f"{family} {str(dtype).split('.')[-1]}"
             model = tiny_model(family, dtype=dtype).to(dev)
             never_wrapped = tiny_model(family, dtype=dtype).to(dev)
+            experts_impl = getattr(model.config, "_experts_implementation", None)
+            # transformers picks its fused grouped_mm experts kernel by default where it can dispatch.
+            check(f"{tag}: experts implementation = {experts_impl}", experts_impl in ("grouped_mm", None), failures)
             rr = RoutingReplay(model)
             with torch.no_grad():
                 ref = token_logprobs(never_wrapped, x)
