@@ -25,6 +25,8 @@ from typing import Iterable, Optional
 import numpy as np
 import torch
 
+from verl_stable.routing import RoutingReplay, generation_routes
+
 _DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
@@ -101,68 +103,6 @@ class GenerationResult:
     extra: dict = field(default_factory=dict)
 
 
-class RouterRecorder:
-    """Records the top-k expert indices each MoE router picks, via forward hooks on the router modules.
-
-    Scoped to one model and one ``recording()`` block; nothing global. Routers are found by their output:
-    a transformers MoE router returns a tuple whose last element holds the integer top-k indices.
-    """
-
-    def __init__(self, model: torch.nn.Module):
-        self.routers = [m for name, m in model.named_modules() if _looks_like_router(name, m)]
-        self._calls: Optional[list[list[torch.Tensor]]] = None
-        self._handles = [m.register_forward_hook(self._make_hook(i)) for i, m in enumerate(self.routers)]
-
-    @property
-    def num_layers(self) -> int:
-        return len(self.routers)
-
-    def _make_hook(self, layer: int):
-        def hook(module, args, output):
-            if self._calls is None:
-                return
-            indices = output[-1] if isinstance(output, tuple) else None
-            if indices is None or indices.is_floating_point() or indices.ndim != 2:
-                raise RuntimeError(
-                    f"router {type(module).__name__} returned {type(output).__name__}; expected a tuple ending "
-                    "with (tokens, top_k) integer expert indices"
-                )
-            self._calls[layer].append(indices.detach().to(torch.int16).cpu())
-
-        return hook
-
-    @contextlib.contextmanager
-    def recording(self):
-        self._calls = [[] for _ in self.routers]
-        try:
-            yield self
-        finally:
-            pass
-
-    def pop_forward(self, batch: int, seq: int) -> torch.Tensor:
-        """Routes of the last forward as ``(batch, seq, layers, top_k)``; clears the buffer."""
-        assert self._calls is not None
-        per_layer = []
-        for layer_calls in self._calls:
-            if len(layer_calls) != 1:
-                raise RuntimeError(f"expected one router call per layer per forward, got {len(layer_calls)}")
-            per_layer.append(layer_calls.pop().reshape(batch, seq, -1))
-        return torch.stack(per_layer, dim=2)
-
-    def stop(self) -> None:
-        self._calls = None
-
-    def remove(self) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-def _looks_like_router(name: str, module: torch.nn.Module) -> bool:
-    cls = type(module).__name__
-    return cls.endswith("TopKRouter") or cls.endswith("Router") and hasattr(module, "top_k")
-
-
 def _filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
     """Mask logits outside top-k / nucleus top-p with -inf (vLLM's sampler semantics)."""
     if top_k is not None and 0 < top_k < logits.size(-1):
@@ -219,14 +159,16 @@ class HFInferenceEngine:
         if gen_eos is not None:
             self.eos_token_ids |= set([gen_eos] if isinstance(gen_eos, int) else gen_eos)
         self.generator = torch.Generator().manual_seed(seed)
-        self.recorder: Optional[RouterRecorder] = None
+        # The same recorder the training engine replays with (verl_stable.routing), bound to this model.
+        self.routing: Optional[RoutingReplay] = None
         if record_routes:
-            self.recorder = RouterRecorder(self.model)
-            if self.recorder.num_layers == 0:
+            try:
+                self.routing = RoutingReplay(self.model)
+            except ValueError as exc:
                 raise ValueError(
                     "actor_rollout_ref.rollout.enable_rollout_routing_replay=True but the model "
-                    f"({type(self.model).__name__}) has no MoE router modules to record; turn it off for dense models"
-                )
+                    f"({type(self.model).__name__}) has no MoE router to record ({exc}); turn it off for dense models"
+                ) from exc
         self.weight_version = 0
         if self.quantization == "fp8":
             self._quantize_all()
@@ -327,22 +269,18 @@ class HFInferenceEngine:
         temperature = torch.tensor([float(r.temperature) for r in requests])
         greedy = temperature <= 0
         max_new = max(r.max_tokens for r in requests)
-        record = self.recorder is not None
+        record = self.routing is not None
         seeded = [torch.Generator().manual_seed(int(r.seed)) if r.seed is not None else None for r in requests]
 
         out_tokens: list[list[int]] = [[] for _ in requests]
         out_logps: list[list[float]] = [[] for _ in requests]
         finished = [False] * bsz
         finish_reason = ["length"] * bsz
-        routes_prompt = None
-        routes_steps: list[torch.Tensor] = []
 
         cache = DynamicCache(config=self.model.config)
-        ctx = self.recorder.recording() if record else contextlib.nullcontext()
-        with ctx:
+        ctx = self.routing.record() if record else contextlib.nullcontext()
+        with ctx as recording:
             logits = self._forward(input_ids, attention, position_ids, cache)
-            if record:
-                routes_prompt = self.recorder.pop_forward(bsz, max_len)
             cur_pos = position_ids[:, -1]
             for _ in range(max_new):
                 raw = logits.float()
@@ -379,10 +317,10 @@ class HFInferenceEngine:
                 attention = torch.cat([attention, torch.ones((bsz, 1), dtype=torch.long)], dim=1)
                 cur_pos = cur_pos + 1
                 logits = self._forward(next_ids[:, None], attention, cur_pos[:, None], cache)
-                if record:
-                    routes_steps.append(self.recorder.pop_forward(bsz, 1))
         if record:
-            self.recorder.stop()
+            # [bsz, max_len + decode steps, moe_layers, top_k]: the prefill forward, then one per step.
+            generated = generation_routes(recording.routes, bsz, final_token=False)
+            routes = generated.experts.view(bsz, -1, generated.num_layers, generated.top_k).to(torch.int16)
 
         results = []
         for i, r in enumerate(requests):
@@ -392,9 +330,7 @@ class HFInferenceEngine:
                 # response token but the last (sampled, never fed back). verl's agent loop pads that row
                 # and its R3 replay mask and MoE metrics skip it.
                 n_fed = len(out_tokens[i]) - 1
-                prompt_routes = routes_prompt[i, max_len - lengths[i] :]
-                resp_routes = [s[i] for s in routes_steps[:n_fed]]
-                routed = torch.cat([prompt_routes, *resp_routes], dim=0).numpy()
+                routed = routes[i, max_len - lengths[i] : max_len + n_fed].numpy()
                 assert routed.shape[0] == lengths[i] + n_fed
             results.append(
                 GenerationResult(
