@@ -66,7 +66,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from verl_stable.diagnostics import counts_to_metrics, layer_agreement, merge_counts
+from verl_stable.diagnostics import counts_to_metrics, merge_counts
 from verl_stable.routing.routes import Routes, pack, ulysses_pad_and_slice, unpack
 
 __all__ = [
@@ -171,58 +171,6 @@ def padded_mask(input_ids: torch.Tensor) -> torch.Tensor:
     from verl.workers.utils.padding import build_attention_mask_from_nested
 
     return build_attention_mask_from_nested(input_ids=input_ids)
-
-
-# ---------------------------------------------------------------------------------------------- diagnostics tap
-class _AgreementTap:
-    """Per-token agreement between what each router picks itself and what is replayed, over one forward.
-
-    Wraps the replay state's public ``indices(layer, native)`` (the hook asks it which experts to use, given
-    the router's own choice) on this one instance, and compares on the first firing of each layer (a
-    checkpoint recompute fires again and is not double-counted). Rows without a route (padding, tokens the
-    rollout never routed) are masked out. Sums stay on the router's device (no host sync inside the
-    forward); :meth:`counts` reads them once per micro-batch.
-    """
-
-    def __init__(self, state, replayed: Routes, num_layers: int, missing: int):
-        self._valid = replayed.valid_mask()
-        self._num_layers = num_layers
-        self._missing = missing
-        self._seen: set[int] = set()
-        self._same: list[torch.Tensor] = [None] * num_layers
-        self._shared: list[torch.Tensor] = [None] * num_layers
-        self._mismatch: Optional[torch.Tensor] = None
-        choose = state.indices
-
-        def indices(layer: int, native: torch.Tensor) -> torch.Tensor:
-            idx = choose(layer, native)
-            if layer not in self._seen:
-                self._seen.add(layer)
-                with torch.no_grad():
-                    valid = self._valid.to(native.device)
-                    same, shared = layer_agreement(native, idx)
-                    self._same[layer] = (same & valid).sum()
-                    self._shared[layer] = (shared * valid).sum()
-                    differs = ~same & valid
-                    self._mismatch = differs if self._mismatch is None else self._mismatch | differs
-            return idx
-
-        state.indices = indices
-
-    def counts(self) -> dict:
-        if len(self._seen) != self._num_layers:
-            raise RuntimeError(
-                f"routing replay: only MoE layers {sorted(self._seen)} of {self._num_layers} were replayed in this "
-                "forward"
-            )
-        n = float(self._valid.sum())
-        return {
-            "tokens": torch.full((self._num_layers,), n, dtype=torch.float64),
-            "missing": self._missing,
-            "same_set": torch.stack(self._same).double().cpu(),
-            "shared": torch.stack(self._shared).double().cpu(),
-            "any_mismatch": int(self._mismatch.sum()),
-        }
 
 
 # ---------------------------------------------------------------------------------------------- the mixin
@@ -379,8 +327,9 @@ class RoutingReplayEngineMixin:
                     raise RuntimeError(
                         f"routing replay: {routes.num_tokens} route rows for a model input of {n_rows} tokens"
                     )
-                state = stack.enter_context(rr.replay(routes))
-                p.handle = _AgreementTap(state, routes, rr.spec.num_layers, layout["missing"])
+                # Agreement of each router's own top-k with the replayed experts, first firing per layer (a
+                # checkpoint recompute is not double-counted), summed on the router's device without host syncs.
+                p.handle = stack.enter_context(rr.replay(routes, track_agreement=True))
         except BaseException:
             stack.close()
             raise
@@ -426,7 +375,9 @@ class RoutingReplayEngineMixin:
             recorded = rec.routes[0]
             output.setdefault("model_output", {})[ROUTES_KEY] = self._rr_recorded_to_nested(recorded, p.layout)
         else:
-            p.counts = merge_counts(p.counts, p.handle.counts())
+            # Real tokens without a route (counted at layout time: pad rows are not tokens).
+            counts = {**p.handle.agreement_counts(), "missing": p.layout["missing"]}
+            p.counts = merge_counts(p.counts, counts)
         return loss, output
 
     def _rr_recorded_to_nested(self, recorded: Routes, layout: dict) -> torch.Tensor:

@@ -39,6 +39,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
+from verl_stable.diagnostics import layer_agreement
 from verl_stable.routing.hf import RouterSite, find_routers, route_spec
 from verl_stable.routing.routes import RouteSpec, Routes, compact_dtype
 
@@ -146,8 +147,7 @@ class ReplayState:
         weight = torch.ones(native.shape[0], dtype=torch.float64, device=native.device)
         if valid is not None:
             weight = valid.to(torch.float64)  # masked, not indexed: boolean indexing would sync
-        same = (native.sort(-1).values == idx.sort(-1).values).all(-1)
-        shared = (native.unsqueeze(-1) == idx.unsqueeze(-2)).any(-1).sum(-1) / native.shape[-1]
+        same, shared = layer_agreement(native, idx)
         self._stats[layer, 0] += (same * weight).sum()
         self._stats[layer, 1] += (shared * weight).sum()
         self._stats[layer, 2] += weight.sum()
@@ -171,6 +171,27 @@ class ReplayState:
                 f"replay() was given {len(self._queue)} Routes (one per forward) but the model ran "
                 f"{self.num_forwards} forwards: micro-batches and routes are misaligned"
             )
+
+    def agreement_counts(self) -> dict:
+        """The sums behind :meth:`agreement` in :mod:`verl_stable.diagnostics`' count format (``tokens``,
+        ``same_set``, ``shared`` per layer; ``any_mismatch``), to merge exactly across micro-batches.
+        ``missing`` is left to the caller: which route-less rows are real tokens is a layout question.
+        Raises if the latest forward did not reach every MoE layer."""
+        if not self._track:
+            raise RuntimeError("agreement_counts() needs replay(..., track_agreement=True)")
+        if self.num_forwards and len(self._fired) != self.spec.num_layers:
+            raise RuntimeError(
+                f"routing replay: only MoE layers {sorted(self._fired)} of {self.spec.num_layers} were replayed in "
+                "this forward"
+            )
+        self._fold_forward()
+        stats = self._stats.cpu() if self._stats is not None else torch.zeros(self.spec.num_layers, 3, dtype=torch.float64)
+        return {
+            "tokens": stats[:, 2].clone(),
+            "same_set": stats[:, 0].clone(),
+            "shared": stats[:, 1].clone(),
+            "any_mismatch": int(self._tokens[0]),
+        }
 
     def agreement(self) -> dict[str, torch.Tensor]:
         """Per-layer ``token_match`` (fraction of tokens whose own top-k set equals the replayed set) and

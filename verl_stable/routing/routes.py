@@ -24,6 +24,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from verl_stable.diagnostics import layer_agreement
+
 __all__ = [
     "RouteSpec",
     "Routes",
@@ -564,9 +566,7 @@ def route_agreement(a: Routes, b: Routes) -> dict[str, torch.Tensor]:
     if a.experts.shape != b.experts.shape or a.num_experts != b.num_experts:
         raise ValueError(f"route_agreement: shapes differ {tuple(a.experts.shape)} vs {tuple(b.experts.shape)}")
     both = a.valid_mask() & b.valid_mask().to(a.device)
-    x = a.experts[both].to(torch.int64).sort(-1).values
-    y = b.experts.to(a.device)[both].to(torch.int64).sort(-1).values
-    return agreement_of_indices(x, y)
+    return agreement_of_indices(a.experts[both], b.experts.to(a.device)[both])
 
 
 def agreement_of_indices(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -574,10 +574,9 @@ def agreement_of_indices(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Te
     if x.shape[0] == 0:
         nan = torch.full((x.shape[1],), float("nan"))
         return {"token_match": nan, "expert_overlap": nan, "any_layer_mismatch": torch.tensor(float("nan"))}
-    same_set = (x.sort(-1).values == y.sort(-1).values).all(-1)  # [T, L]
-    shared = (x.unsqueeze(-1) == y.unsqueeze(-2)).any(-1).sum(-1)  # [T, L]
+    same_set, shared = layer_agreement(x, y)  # [T, L] each
     return {
         "token_match": same_set.float().mean(0),
-        "expert_overlap": (shared.float() / x.shape[-1]).mean(0),
+        "expert_overlap": shared.mean(0).float(),
         "any_layer_mismatch": (~same_set.all(-1)).float().mean(),
     }
