@@ -64,10 +64,10 @@ def _check_inputs(
         "advantages": "the advantage estimator (check algorithm.adv_estimator and the reward function)",
         "rollout_is_weights": "the training–inference weights (check algorithm.rollout_correction)",
     }
-    for name, tensor in tensors.items():
-        bad = ~torch.isfinite(tensor) & valid
-        if bad.any():
-            count = int(bad.sum())
+    # One reduction and one host sync for all inputs: this runs on every micro-batch.
+    bad_counts = torch.stack([(~torch.isfinite(t) & valid).sum() for t in tensors.values()]).tolist()
+    for (name, _), count in zip(tensors.items(), bad_counts):
+        if count:
             raise FloatingPointError(
                 f"loss_mode={loss_mode}: {count} NaN/inf value(s) in {name} on response tokens, from {hints[name]}."
             )

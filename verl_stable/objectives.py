@@ -150,28 +150,36 @@ def minirl_stats(
     gives zeros, never NaN.
     """
     mask_f = mask.to(torch.float32)
+    valid = mask.bool()
     log_ratio = staleness_log_ratio(log_prob, old_log_prob).float()
     ratio = torch.exp(log_ratio)
     adv = advantages.float()
     clipped_high = ((adv > 0) & (ratio > 1.0 + clip_high)).float()
     clipped_low = ((adv < 0) & (ratio < 1.0 - clip_low)).float()
-    valid = mask.bool()
-    if valid.any():
-        ratio_max, ratio_min = float(ratio[valid].max()), float(ratio[valid].min())
-    else:
-        ratio_max = ratio_min = 1.0
-    is_mean = truncated = None
+    columns = [clipped_high + clipped_low, clipped_high, clipped_low, -log_ratio, ratio - 1.0 - log_ratio, ratio]
     if is_weight is not None:
-        is_mean = _masked_mean(is_weight.float(), mask_f)
+        columns.append(is_weight.float())
         if is_threshold is not None:
-            truncated = _masked_mean((is_weight.float() >= is_threshold * (1 - 1e-6)).float(), mask_f)
+            columns.append((is_weight.float() >= is_threshold * (1 - 1e-6)).float())
+    count = mask_f.sum()
+    # Every statistic in one tensor and one device-to-host copy: this runs on every micro-batch.
+    means = torch.stack([(c * mask_f).sum() for c in columns]) / count.clamp_min(1.0)
+    if ratio.numel():
+        extremes = torch.stack([ratio.masked_fill(~valid, -torch.inf).max(), ratio.masked_fill(~valid, torch.inf).min()])
+    else:
+        extremes = torch.full((2,), torch.inf)
+    *means, ratio_max, ratio_min, n = torch.cat([means, extremes, count[None]]).tolist()
+    if n == 0:
+        ratio_max = ratio_min = 1.0
+    is_mean = means[6] if is_weight is not None else None
+    truncated = means[7] if is_weight is not None and is_threshold is not None else None
     return MiniRLStats(
-        clipfrac=_masked_mean(clipped_high + clipped_low, mask_f),
-        clipfrac_pos_adv=_masked_mean(clipped_high, mask_f),
-        clipfrac_neg_adv=_masked_mean(clipped_low, mask_f),
-        staleness_kl_k1=_masked_mean(-log_ratio, mask_f),
-        staleness_kl_k3=_masked_mean(ratio - 1.0 - log_ratio, mask_f),
-        staleness_ratio_mean=_masked_mean(ratio, mask_f),
+        clipfrac=means[0],
+        clipfrac_pos_adv=means[1],
+        clipfrac_neg_adv=means[2],
+        staleness_kl_k1=means[3],
+        staleness_kl_k3=means[4],
+        staleness_ratio_mean=means[5],
         staleness_ratio_max=ratio_max,
         staleness_ratio_min=ratio_min,
         is_weight_mean=is_mean,
