@@ -52,16 +52,7 @@ def save_tiny_moe(path: str) -> str:
         tie_word_embeddings=False,
         attn_implementation="sdpa",
     )
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
-    # Sharper routers than the default init: top-k choices that a tiny weight change can flip, so drift and
-    # misplaced routes are visible in the log-probs (a near-uniform router hides them).
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                p.normal_(0.0, 0.5)
-    model.save_pretrained(path)
-    return path
+    return _save_with_sharp_routers(AutoModelForCausalLM.from_config, config, path)
 
 
 def save_tiny_deepseek_v3(path: str) -> str:
@@ -77,8 +68,15 @@ def save_tiny_deepseek_v3(path: str) -> str:
         qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, max_position_embeddings=256,
         routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False, attn_implementation="sdpa",
     )
+    return _save_with_sharp_routers(AutoModelForCausalLM.from_config, config, path)
+
+
+def _save_with_sharp_routers(from_config, config, path: str) -> str:
+    """Seeded random weights, saved to ``path``, with sharper routers than the default init: top-k choices
+    that a tiny weight change can flip, so drift and misplaced routes are visible in the log-probs (a
+    near-uniform router hides them). A DeepSeek-style correction bias gets non-zero values too."""
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(config)
+    model = from_config(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if name.endswith("mlp.gate.weight"):
