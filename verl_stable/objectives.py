@@ -36,17 +36,28 @@ def staleness_log_ratio(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> t
     return torch.clamp(log_prob - old_log_prob, min=-LOG_RATIO_BOUND, max=LOG_RATIO_BOUND)
 
 
-def decoupled_clip_keep_mask(
+def decoupled_clip_sides(
     ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
-) -> torch.Tensor:
-    """Binary gradient mask M_t of MiniRL (decoupled PPO clipping on the staleness ratio r_t).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clip rule of MiniRL (decoupled PPO clipping on the staleness ratio r_t), the only copy.
 
-    M_t = 0 if Â > 0 and r_t > 1 + ε_high;  M_t = 0 if Â < 0 and r_t < 1 − ε_low;  else 1.
-    Tokens with Â = 0 are kept (they contribute zero anyway). No dual clip.
-    Returns a bool tensor (True = keep).
+    Returns two bool tensors, the tokens clipped on each side:
+        high = Â > 0 and r_t > 1 + ε_high        low = Â < 0 and r_t < 1 − ε_low
+    Tokens with Â = 0 are never clipped (they contribute zero anyway). No dual clip.
     """
     clipped_high = (advantages > 0) & (ratio > 1.0 + clip_high)
     clipped_low = (advantages < 0) & (ratio < 1.0 - clip_low)
+    return clipped_high, clipped_low
+
+
+def decoupled_clip_keep_mask(
+    ratio: torch.Tensor, advantages: torch.Tensor, clip_low: float, clip_high: float
+) -> torch.Tensor:
+    """Binary gradient mask M_t of MiniRL: 0 where :func:`decoupled_clip_sides` clips, else 1.
+
+    Returns a bool tensor (True = keep).
+    """
+    clipped_high, clipped_low = decoupled_clip_sides(ratio, advantages, clip_low, clip_high)
     return ~(clipped_high | clipped_low)
 
 
@@ -154,8 +165,7 @@ def minirl_stats(
     log_ratio = staleness_log_ratio(log_prob, old_log_prob).float()
     ratio = torch.exp(log_ratio)
     adv = advantages.float()
-    clipped_high = ((adv > 0) & (ratio > 1.0 + clip_high)).float()
-    clipped_low = ((adv < 0) & (ratio < 1.0 - clip_low)).float()
+    clipped_high, clipped_low = (side.float() for side in decoupled_clip_sides(ratio, adv, clip_low, clip_high))
     columns = [clipped_high + clipped_low, clipped_high, clipped_low, -log_ratio, ratio - 1.0 - log_ratio, ratio]
     if is_weight is not None:
         columns.append(is_weight.float())
