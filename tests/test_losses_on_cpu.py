@@ -10,7 +10,16 @@ import pytest
 import torch
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
 
-from verl_stable.losses import LOSS_MODES, LengthNormalisationWarning
+from verl_stable.losses import (
+    AGG_MODE_MEANING,
+    LOSS_MODES,
+    LOSS_VARIANTS,
+    TOLERATED_AGG_MODES,
+    AggregationWarning,
+    LengthNormalisationWarning,
+    LossVariant,
+    check_clip_range,
+)
 
 
 def random_batch(batch=8, length=12, dtype=torch.float64, seed=0):
@@ -219,3 +228,243 @@ def test_seq_is_refuses_token_weights_and_token_aggregation(minirl_actor_config)
         call("seq_is", minirl_actor_config)
     with pytest.raises(ValueError, match=r"loss_agg_mode=seq-mean-token-sum"):
         call("seq_is", minirl_actor_config, agg="token-mean", rollout_is_weights=None)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Refused inputs from the Python API (issue 8): each error names the key to change
+
+
+WEIGHTED = [name for name, v in LOSS_VARIANTS.items() if v.use_is]
+
+
+def _weights_for(name, weights, mask):
+    """Valid weights for ``name``: per response for the sequence-level loss, none for the no-IS ablation."""
+    variant = LOSS_VARIANTS[name]
+    if not variant.use_is:
+        return None
+    if variant.level == "sequence":
+        return torch.full_like(weights, 1.5) * mask
+    return weights
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+def test_negative_is_weights_are_refused(minirl_actor_config, name):
+    old, log_prob, adv, mask, weights = random_batch(batch=4, length=5)
+    bad = _weights_for(name, weights, mask).clone()
+    bad[0] = -bad[0]  # a whole response, so the sequence-level loss sees one (negative) weight too
+    with pytest.raises(ValueError, match=r"negative value\(s\) in rollout_is_weights.*algorithm\.rollout_correction"):
+        call(name, minirl_actor_config, agg=LOSS_VARIANTS[name].agg_modes[0], rollout_is_weights=bad)
+
+
+def test_negative_weight_on_padding_is_ignored(minirl_actor_config):
+    old, log_prob, adv, mask, weights = random_batch(batch=4, length=5)
+    mask[:, -1] = 0
+    weights = weights * mask
+    weights[:, -1] = -1.0
+    loss, _ = call("minirl", minirl_actor_config, response_mask=mask.bool(), rollout_is_weights=weights)
+    assert math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize("name", WEIGHTED)
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_is_weights_name_rollout_correction(minirl_actor_config, name, bad):
+    old, log_prob, adv, mask, weights = random_batch(batch=4, length=5)
+    weights = _weights_for(name, weights, mask).clone()
+    weights[0, 0] = bad
+    with pytest.raises(FloatingPointError, match=r"NaN/inf value\(s\) in rollout_is_weights.*algorithm\.rollout_correction"):
+        call(name, minirl_actor_config, agg=LOSS_VARIANTS[name].agg_modes[0], rollout_is_weights=weights)
+
+
+@pytest.mark.parametrize("side, key", [("low", "clip_ratio_low"), ("high", "clip_ratio_high")])
+@pytest.mark.parametrize("value", [-0.1, 1.0, 1.5, float("nan")])
+def test_clip_ratio_out_of_range_is_refused(minirl_actor_config, side, key, value):
+    low, high = (value, 0.27) if side == "low" else (0.2, value)
+    pattern = rf"actor_rollout_ref\.actor\.{key}=.*out of range"
+    with pytest.raises(ValueError, match=pattern):
+        check_clip_range(low, high)
+    config = dataclasses.replace(minirl_actor_config, **{key: value})
+    for name, variant in LOSS_VARIANTS.items():  # the no-clip variants still report clip statistics
+        old, log_prob, adv, mask, weights = random_batch(batch=4, length=5)
+        with pytest.raises(ValueError, match=pattern):
+            call(name, config, agg=variant.agg_modes[0], rollout_is_weights=_weights_for(name, weights, mask))
+
+
+def test_clip_ratio_falls_back_to_clip_ratio_and_is_checked(minirl_actor_config):
+    config = dataclasses.replace(minirl_actor_config, clip_ratio=-0.2, clip_ratio_low=None)
+    with pytest.raises(ValueError, match=r"actor_rollout_ref\.actor\.clip_ratio_low=-0\.2.*clip_ratio\)"):
+        call("minirl", config)
+
+
+@pytest.mark.parametrize("low, high", [(0.0, 0.0), (0.2, 0.27), (0.999, 0.999), (0, 0)])
+def test_clip_ratio_in_range_is_accepted(low, high):
+    check_clip_range(low, high)
+
+
+def _refused_aggregations():
+    for name, variant in LOSS_VARIANTS.items():
+        accepted = set(variant.agg_modes) | set(TOLERATED_AGG_MODES[name])
+        for agg in [*sorted(set(AGG_MODE_MEANING) - accepted), "seq-mean-token-max"]:
+            yield name, agg
+
+
+@pytest.mark.parametrize("name, agg", list(_refused_aggregations()))
+def test_wrong_aggregation_is_refused_naming_the_allowed_values(minirl_actor_config, name, agg):
+    variant = LOSS_VARIANTS[name]
+    old, log_prob, adv, mask, weights = random_batch(batch=4, length=5)
+    with pytest.raises(ValueError) as info:
+        call(name, minirl_actor_config, agg=agg, rollout_is_weights=_weights_for(name, weights, mask))
+    message = str(info.value)
+    assert f"actor_rollout_ref.actor.loss_agg_mode={agg}" in message
+    assert f"set actor_rollout_ref.actor.loss_agg_mode={variant.agg_modes[0]}" in message
+    assert f"allowed: {', '.join(variant.agg_modes)}" in message
+
+
+def test_every_variant_refuses_some_real_aggregation_or_an_unknown_one():
+    refused = {}
+    for name, agg in _refused_aggregations():
+        refused.setdefault(name, []).append(agg)
+    assert set(refused) == set(LOSS_VARIANTS)
+    assert {"seq-mean-token-sum", "token-sum"} <= set(refused["minirl_length_norm"])
+    assert {"token-mean", "seq-mean-token-mean", "token-sum"} <= set(refused["seq_is"])
+
+
+@pytest.mark.parametrize("name, agg", [(n, a) for n, modes in TOLERATED_AGG_MODES.items() for a in modes])
+def test_tolerated_aggregation_runs_with_a_warning(minirl_actor_config, name, agg):
+    old, log_prob, adv, mask, weights = random_batch(batch=4, length=5)
+    with pytest.warns(AggregationWarning, match=r"actor_rollout_ref\.actor\.loss_agg_mode=") as record:
+        loss, _ = call(name, minirl_actor_config, agg=agg, rollout_is_weights=_weights_for(name, weights, mask))
+    assert math.isfinite(loss.item())
+    length_norm = agg in ("token-mean", "seq-mean-token-mean") and name != "minirl_length_norm"
+    assert any(isinstance(w.message, LengthNormalisationWarning) for w in record) is length_norm
+
+
+@pytest.mark.parametrize("name, agg", [(n, a) for n, v in LOSS_VARIANTS.items() for a in v.agg_modes])
+def test_allowed_aggregation_is_silent(minirl_actor_config, name, agg):
+    old, log_prob, adv, mask, weights = random_batch(batch=4, length=5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", AggregationWarning)
+        loss, _ = call(name, minirl_actor_config, agg=agg, rollout_is_weights=_weights_for(name, weights, mask))
+    assert math.isfinite(loss.item())
+
+
+@pytest.mark.parametrize("name", [n for n, v in LOSS_VARIANTS.items() if v.requires_is_weights])
+def test_missing_is_weights_are_refused(minirl_actor_config, name):
+    allowed = "|".join(LOSS_VARIANTS[name].rollout_is)
+    with pytest.raises(ValueError, match=rf"algorithm\.rollout_correction\.rollout_is=({allowed}).*calculate_log_probs"):
+        call(name, minirl_actor_config, agg=LOSS_VARIANTS[name].agg_modes[0], rollout_is_weights=None)
+
+
+@pytest.mark.parametrize("name", [n for n, v in LOSS_VARIANTS.items() if not v.use_is])
+def test_unexpected_is_weights_are_refused(minirl_actor_config, name):
+    with pytest.raises(ValueError, match=r"carries rollout_is_weights; set algorithm\.rollout_correction\.rollout_is=null"):
+        call(name, minirl_actor_config, agg=LOSS_VARIANTS[name].agg_modes[0])
+
+
+def test_seq_is_weights_are_optional(minirl_actor_config):
+    loss, _ = call("seq_is", minirl_actor_config, rollout_is_weights=None)
+    assert math.isfinite(loss.item())
+
+
+def test_seq_is_refuses_weights_varying_within_a_response(minirl_actor_config):
+    old, log_prob, adv, mask, _ = random_batch(batch=4, length=5)
+    weights = torch.ones_like(mask)
+    longest = int(mask.sum(-1).argmax())
+    assert mask[longest].sum() >= 2
+    weights[longest, 0] = 2.0
+    with pytest.raises(ValueError, match=r"vary within a response; set algorithm\.rollout_correction\.rollout_is=sequence"):
+        call("seq_is", minirl_actor_config, rollout_is_weights=weights * mask)
+
+
+# ----------------------------------------------------------------------------------------------------
+# The table of variants ↔ verl's registry ↔ the presets
+
+
+def test_loss_variant_table():
+    """The declared contract other code (config validation, docs) is written against."""
+    sums = ("seq-mean-token-sum", "seq-mean-token-sum-norm")
+    expected = {
+        "minirl": (True, True, "token", sums, ("token",)),
+        "minirl_no_is": (False, True, "token", sums, (None,)),
+        "minirl_length_norm": (True, True, "token", ("seq-mean-token-mean",), ("token",)),
+        "minirl_no_clip": (True, False, "token", sums, ("token",)),
+        "seq_is": (True, False, "sequence", ("seq-mean-token-sum",), ("sequence", None)),
+    }
+    actual = {n: (v.use_is, v.clip, v.level, v.agg_modes, v.rollout_is) for n, v in LOSS_VARIANTS.items()}
+    assert actual == expected
+    assert all(name == v.name and v.summary and "\n" not in v.summary for name, v in LOSS_VARIANTS.items())
+    assert set(LOSS_MODES) == set(LOSS_VARIANTS) == set(TOLERATED_AGG_MODES)
+    for name, modes in TOLERATED_AGG_MODES.items():
+        assert not set(modes) & set(LOSS_VARIANTS[name].agg_modes)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(use_is=True, rollout_is=(None,)),
+        dict(use_is=False, rollout_is=("token",)),
+        dict(level="tokens"),
+        dict(agg_modes=()),
+        dict(agg_modes=("seq-sum",)),
+    ],
+)
+def test_loss_variant_refuses_inconsistent_rows(fields):
+    row = dict(name="x", use_is=True, clip=True, level="token", agg_modes=("seq-mean-token-sum",),
+               rollout_is=("token",), summary="x")
+    with pytest.raises(ValueError, match="LossVariant x"):
+        LossVariant(**{**row, **fields})
+
+
+@pytest.mark.parametrize("name", sorted(LOSS_VARIANTS))
+def test_generated_functions_have_verls_signature_and_their_own_names(name):
+    import inspect
+    import pickle
+
+    from verl.trainer.ppo.core_algos import compute_policy_loss_vanilla
+
+    fn = LOSS_MODES[name]
+    assert fn.__name__ == fn.__qualname__ == f"compute_policy_loss_{name}"
+    assert fn.__module__ == "verl_stable.losses"
+    assert name in fn.__doc__ and LOSS_VARIANTS[name].summary in fn.__doc__
+    ours, verls = inspect.signature(fn).parameters, inspect.signature(compute_policy_loss_vanilla).parameters
+    assert list(ours) == list(verls)
+    assert ours["loss_agg_mode"].default == LOSS_VARIANTS[name].agg_modes[0]
+    assert ours["config"].default is None and ours["rollout_is_weights"].default is None
+    assert pickle.loads(pickle.dumps(fn)) is fn  # by reference: the module attribute of that name
+
+
+def test_every_variant_is_registered_after_import_verl_and_reload_is_a_no_op():
+    import subprocess
+    import sys
+
+    code = (
+        "import importlib, verl\n"
+        "from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY as R\n"
+        "import verl_stable.losses as L\n"
+        "for name in L.LOSS_VARIANTS:\n"
+        "    assert R[name] is L.LOSS_MODES[name], name\n"
+        "importlib.reload(L)\n"
+        "L.register_all()\n"
+        "for name in L.LOSS_VARIANTS:\n"
+        "    assert R[name].__qualname__ == L.LOSS_MODES[name].__qualname__, name\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+def test_every_preset_selects_a_variant_with_its_first_aggregation_and_an_allowed_rollout_is():
+    import pathlib
+
+    from hydra_configs import compose
+
+    presets = sorted((pathlib.Path(__file__).resolve().parents[1] / "verl_stable/config/algorithm").glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        cfg = compose(overrides=[f"algorithm={preset.stem}"])
+        loss_mode = cfg.actor_rollout_ref.actor.policy_loss.loss_mode
+        assert loss_mode in LOSS_VARIANTS, preset.name
+        variant = LOSS_VARIANTS[loss_mode]
+        assert cfg.actor_rollout_ref.actor.loss_agg_mode == variant.agg_modes[0], preset.name
+        assert cfg.algorithm.rollout_correction.rollout_is in variant.rollout_is, preset.name
+        check_clip_range(cfg.actor_rollout_ref.actor.clip_ratio_low, cfg.actor_rollout_ref.actor.clip_ratio_high)

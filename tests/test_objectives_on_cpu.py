@@ -197,3 +197,20 @@ def test_token_objective_is_first_order_approximation_of_sequence_objective():
     # First order: the relative gap is linear in the step size for small steps (ratio ≈ 2 per doubling).
     for a, b in zip(gaps, gaps[1:]):
         assert 1.6 < b / a < 2.4, gaps
+
+
+def test_clip_sides_are_the_mask_and_the_statistics():
+    """One clip rule: the keep mask is the complement of the two sides, and the stats count the same tokens."""
+    shape = (6, 9)
+    old = torch.randn(shape, dtype=torch.float64)
+    log_prob = old + 0.5 * torch.randn(shape, dtype=torch.float64)
+    adv = torch.randn(shape, dtype=torch.float64)
+    adv[0] = 0.0
+    ratio = torch.exp(log_prob - old)
+    high, low = objectives.decoupled_clip_sides(ratio, adv, EPS_LOW, EPS_HIGH)
+    assert high.any() and low.any() and not (high & low).any()
+    assert not (high | low)[0].any()  # Â = 0 is never clipped
+    assert torch.equal(objectives.decoupled_clip_keep_mask(ratio, adv, EPS_LOW, EPS_HIGH), ~(high | low))
+    stats = objectives.minirl_stats(log_prob, old, adv, torch.ones(shape), EPS_LOW, EPS_HIGH)
+    assert stats.clipfrac_pos_adv == pytest.approx(high.double().mean().item(), rel=1e-6)
+    assert stats.clipfrac_neg_adv == pytest.approx(low.double().mean().item(), rel=1e-6)
