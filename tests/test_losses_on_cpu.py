@@ -271,7 +271,8 @@ def test_non_finite_is_weights_name_rollout_correction(minirl_actor_config, name
     old, log_prob, adv, mask, weights = random_batch(batch=4, length=5)
     weights = _weights_for(name, weights, mask).clone()
     weights[0, 0] = bad
-    with pytest.raises(FloatingPointError, match=r"NaN/inf value\(s\) in rollout_is_weights.*algorithm\.rollout_correction"):
+    pattern = r"NaN/inf value\(s\) in rollout_is_weights.*algorithm\.rollout_correction"
+    with pytest.raises(FloatingPointError, match=pattern):
         call(name, minirl_actor_config, agg=LOSS_VARIANTS[name].agg_modes[0], rollout_is_weights=weights)
 
 
@@ -350,13 +351,15 @@ def test_allowed_aggregation_is_silent(minirl_actor_config, name, agg):
 @pytest.mark.parametrize("name", [n for n, v in LOSS_VARIANTS.items() if v.requires_is_weights])
 def test_missing_is_weights_are_refused(minirl_actor_config, name):
     allowed = "|".join(LOSS_VARIANTS[name].rollout_is)
-    with pytest.raises(ValueError, match=rf"algorithm\.rollout_correction\.rollout_is=({allowed}).*calculate_log_probs"):
+    pattern = rf"algorithm\.rollout_correction\.rollout_is=({allowed}).*calculate_log_probs"
+    with pytest.raises(ValueError, match=pattern):
         call(name, minirl_actor_config, agg=LOSS_VARIANTS[name].agg_modes[0], rollout_is_weights=None)
 
 
 @pytest.mark.parametrize("name", [n for n, v in LOSS_VARIANTS.items() if not v.use_is])
 def test_unexpected_is_weights_are_refused(minirl_actor_config, name):
-    with pytest.raises(ValueError, match=r"carries rollout_is_weights; set algorithm\.rollout_correction\.rollout_is=null"):
+    pattern = r"carries rollout_is_weights; set algorithm\.rollout_correction\.rollout_is=null"
+    with pytest.raises(ValueError, match=pattern):
         call(name, minirl_actor_config, agg=LOSS_VARIANTS[name].agg_modes[0])
 
 
@@ -371,7 +374,8 @@ def test_seq_is_refuses_weights_varying_within_a_response(minirl_actor_config):
     longest = int(mask.sum(-1).argmax())
     assert mask[longest].sum() >= 2
     weights[longest, 0] = 2.0
-    with pytest.raises(ValueError, match=r"vary within a response; set algorithm\.rollout_correction\.rollout_is=sequence"):
+    pattern = r"vary within a response; set algorithm\.rollout_correction\.rollout_is=sequence"
+    with pytest.raises(ValueError, match=pattern):
         call("seq_is", minirl_actor_config, rollout_is_weights=weights * mask)
 
 

@@ -177,7 +177,8 @@ def _check_agg_mode(variant: LossVariant, loss_agg_mode: str) -> None:
     hint = ""
     if length_norm:
         ablations = [v.name for v in LOSS_VARIANTS.values() if v.agg_modes[0] in LENGTH_NORMALISING_AGG_MODES]
-        hint = " The length-normalised ablation, run on purpose: " + ", ".join(f"algorithm={n}" for n in ablations) + "."
+        hint = " The length-normalised ablation, run on purpose: " + ", ".join(f"algorithm={n}" for n in ablations)
+        hint += "."
     warnings.warn(
         f"{LOSS_MODE_KEY}={variant.name} with {AGG_MODE_KEY}={loss_agg_mode}: {AGG_MODE_MEANING[loss_agg_mode]}, "
         f"which its preset refuses (allowed: {allowed}); set {AGG_MODE_KEY}={variant.agg_modes[0]}.{hint}",
@@ -196,7 +197,9 @@ def _check_is_weights_presence(variant: LossVariant, rollout_is_weights: Optiona
             f"actor_rollout_ref.rollout.calculate_log_probs=True, or use {without} for the ablation."
         )
     if not variant.use_is and rollout_is_weights is not None:
-        with_is = ", ".join(f"loss_mode={v.name}" for v in LOSS_VARIANTS.values() if v.use_is and v.level == variant.level)
+        with_is = ", ".join(
+            f"loss_mode={v.name}" for v in LOSS_VARIANTS.values() if v.use_is and v.level == variant.level
+        )
         raise ValueError(
             f"{LOSS_MODE_KEY}={variant.name} ({variant.summary}) takes no training–inference weight, but the batch "
             f"carries rollout_is_weights; set {ROLLOUT_IS_KEY}={allowed} (or use {with_is})."
