@@ -3,10 +3,10 @@
 # `python -m verl_stable.main algorithm=minirl` end to end on CPU through verl's real trainer (tiny MoE,
 # hf_cpu rollout, FSDP2 engine over gloo). Extra arguments are Hydra overrides passed to the run, e.g.
 #   bash scripts/main_job.sh routing_replay=R3
-# Env: STEPS (default 3), ROLLOUT_QUANT=fp8, RUN_DIR (default runs/cpu_demo) -- see scripts/demo_cpu.sh.
+# Env: STEPS (default 3), ROLLOUT_QUANT=fp8, RUN_DIR (default runs/cpu_demo), VERBOSE=1 -- see scripts/demo_cpu.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 bash scripts/setup.sh
-.venv/bin/verl-stable doctor 2> >(grep -v -E "UserWarning|warnings.warn|accelerator|not available" >&2)
+.venv/bin/verl-stable doctor --quiet
 bash scripts/demo_cpu.sh "$@"

@@ -73,3 +73,14 @@ def test_doctor_passes_and_fails_loudly(tmp_path):
     )
     assert broken.returncode != 0
     assert "simulated broken install" in broken.stdout
+
+
+def test_doctor_hint_names_verls_plugin_switch():
+    from verl_stable.cli import plugin_policy_hint
+
+    assert plugin_policy_hint({}) is None
+    assert plugin_policy_hint({"VERL_USE_EXTERNAL_PLUGINS": "auto"}) is None
+    assert plugin_policy_hint({"VERL_USE_EXTERNAL_PLUGINS": "other,verl_stable"}) is None
+    for policy in ("none", "other_plugin"):
+        hint = plugin_policy_hint({"VERL_USE_EXTERNAL_PLUGINS": policy})
+        assert f"VERL_USE_EXTERNAL_PLUGINS={policy}" in hint and "verl_stable" in hint

@@ -43,6 +43,23 @@ def _ok(flag: bool) -> str:
     return "ok  " if flag else "FAIL"
 
 
+def plugin_policy_hint(environ=None) -> str | None:
+    """Why verl would skip our entry point, from verl's own switch ``VERL_USE_EXTERNAL_PLUGINS``
+    (``auto`` default, ``none``, or a comma list of entry-point names); None when it allows us."""
+    import os
+
+    policy = (environ if environ is not None else os.environ).get("VERL_USE_EXTERNAL_PLUGINS", "auto").strip()
+    if policy.lower() == "auto":
+        return None
+    allowed = {name.strip() for name in policy.lower().split(",") if name.strip()}
+    if policy.lower() != "none" and ENTRY_POINT_NAME in allowed:
+        return None
+    return (
+        f"VERL_USE_EXTERNAL_PLUGINS={policy} stops verl from loading the {ENTRY_POINT_NAME} plugin; unset it "
+        f"or add {ENTRY_POINT_NAME} to the list"
+    )
+
+
 def doctor(ray_worker: bool = True) -> int:
     import verl_stable
     from verl_stable.losses import LOSS_MODES
@@ -85,8 +102,10 @@ def doctor(ray_worker: bool = True) -> int:
         ok = report["plugin_loaded"] and not missing
         failures += not ok
         print(f"[{_ok(ok)}] fresh interpreter: `import verl` registers {sorted(expected - missing)}")
-        if missing:
-            print(f"       missing: {sorted(missing)} (set VERL_LOGGING_LEVEL=DEBUG to see verl's plugin errors)")
+        if not ok:
+            hint = plugin_policy_hint()
+            print(f"       missing: {sorted(missing)}" + (f": {hint}" if hint else
+                  " (verl logs plugin import errors at debug level only; the import check above shows them)"))
 
     if ray_worker:
         failures += _check_ray_worker(expected)
@@ -116,8 +135,9 @@ def _check_ray_worker(expected: set[str]) -> int:
     missing = expected - set(report["losses"])
     ok = report["plugin_loaded"] and not missing
     print(f"[{_ok(ok)}] Ray worker (verl {report['verl']}): plugin loaded, losses registered")
-    if missing:
-        print(f"       missing in the worker: {sorted(missing)}: is verl-stable installed on every node?")
+    if not ok:
+        hint = plugin_policy_hint()
+        print(f"       missing in the worker: {sorted(missing)}: " + (hint or "is verl-stable installed on every node?"))
     return int(not ok)
 
 
@@ -126,9 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     doc = sub.add_parser("doctor", help="check that the plugin loads here and in a Ray worker; non-zero on failure")
     doc.add_argument("--no-ray", action="store_true", help="skip the Ray worker check")
+    doc.add_argument("--quiet", action="store_true", help="one line when all checks pass, the full report otherwise")
     args = parser.parse_args(argv)
     if args.command == "doctor":
-        return doctor(ray_worker=not args.no_ray)
+        if not args.quiet:
+            return doctor(ray_worker=not args.no_ray)
+        import contextlib
+        import io
+        import warnings
+
+        buffer = io.StringIO()
+        with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            status = doctor(ray_worker=not args.no_ray)
+        if status == 0:
+            print("[doctor] verl-stable plugin loads in a fresh interpreter and in a Ray worker: ok")
+        else:
+            print(buffer.getvalue(), end="")
+        return status
     return 2
 
 

@@ -7,6 +7,9 @@ Same as ``python -m verl.trainer.main_ppo --config-path=pkg://verl_stable.config
 --config-name=minirl_trainer``: verl's ``ppo_trainer`` config, our presets composed on top, every verl
 override still yours. ``--cfg job`` prints the composed config without starting anything;
 ``--config-name=minirl_megatron_trainer`` composes verl's Megatron trainer instead.
+
+Before Ray starts, the configs' Hydra callback (:mod:`verl_stable.validation`) checks the composed config and
+refuses mistakes with one line per key (exit status 2).
 """
 
 from __future__ import annotations
@@ -21,11 +24,6 @@ import verl_stable.plugin  # noqa: F401
 @hydra.main(config_path="pkg://verl_stable.config", config_name="minirl_trainer", version_base=None)
 def main(config) -> None:
     from verl.trainer.main_ppo import main as verl_main
-
-    from verl_stable.routing.fsdp import check_trainer_config
-
-    # Fail before Ray starts, naming the key: R3 without route return, replay on a non-FSDP strategy, ...
-    check_trainer_config(config)
 
     # verl's main is itself a @hydra.main; call the function it wraps with our composed config.
     verl_main.__wrapped__(config)

@@ -1,15 +1,14 @@
 """The Hydra overrides that run verl's PPO trainer on CPU, in one place.
 
-Used by scripts/demo_cpu.sh and the CPU tests. ``python -m verl_stable.cpu.overrides --run-dir D`` prints
-them one per line; ``--summarize metrics.jsonl`` prints a per-step table from verl's file logger.
+Only what CPU needs (device, engine, rollout, Ray resources, a size that fits two cores) and where the run
+writes: nothing an algorithm preset sets (loss, advantage estimator, rollout correction, KL, entropy), so
+``algorithm=<preset>`` and the user's own overrides always win. Used by ``python -m verl_stable.cpu.demo``
+and the CPU tests; ``python -m verl_stable.cpu.overrides --run-dir D`` prints them one per line.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
-import sys
 from pathlib import Path
 
 from verl_stable.cpu import CPU_RAY_ENV, ROLLOUT_NAME
@@ -51,11 +50,6 @@ def cpu_overrides(
         f"reward.custom_reward_function.path={reward_file}",
         "reward.custom_reward_function.name=compute_score",
         "reward.num_workers=1",
-        # --- algorithm: GRPO, no KL, rollout correction (token TIS, C=5)
-        "algorithm.adv_estimator=grpo",
-        "algorithm.use_kl_in_reward=False",
-        "algorithm.rollout_correction.rollout_is=token",
-        "algorithm.rollout_correction.rollout_is_threshold=5.0",
         # --- model + FSDP2 engine on CPU (FSDP1 refuses CPU parameters; flash-attn does not exist here)
         f"actor_rollout_ref.model.path={model_dir}",
         "+actor_rollout_ref.model.override_config.attn_implementation=sdpa",
@@ -65,17 +59,16 @@ def cpu_overrides(
         "actor_rollout_ref.actor.use_torch_compile=False",
         "actor_rollout_ref.actor.fsdp_config.use_torch_compile=False",
         f"actor_rollout_ref.actor.optim.lr={lr}",
-        "actor_rollout_ref.actor.use_kl_loss=False",
-        "actor_rollout_ref.actor.entropy_coeff=0",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={prompts_per_step}",
-        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={batch}",
+        # one group per micro-batch: divides every mini-batch of whole prompts (stale updates:
+        # actor_rollout_ref.actor.ppo_mini_batch_size=<prompts per update>)
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={group_size}",
         "actor_rollout_ref.actor.ppo_epochs=1",
         # --- rollout: hf_cpu engine in its own Ray actor, log-probs returned (mu_old)
         f"actor_rollout_ref.rollout.name={ROLLOUT_NAME}",
         f"actor_rollout_ref.rollout.dtype={rollout_dtype}",
         f"actor_rollout_ref.rollout.quantization={quantization if quantization else 'null'}",
         f"actor_rollout_ref.rollout.n={group_size}",
-        "actor_rollout_ref.rollout.calculate_log_probs=True",
         # routes only when asked (routing_replay=R3 preset, or routing_replay=True here)
         *(["actor_rollout_ref.rollout.enable_rollout_routing_replay=True"] if routing_replay else []),
         "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
@@ -95,6 +88,8 @@ def cpu_overrides(
         "trainer.test_freq=-1",
         "trainer.save_freq=-1",
         f"trainer.default_local_dir={run_dir / 'checkpoints'}",
+        # Hydra's run directory inside the run, not outputs/ in the working directory
+        f"hydra.run.dir={run_dir / 'hydra'}",
         # --- Ray: logical resources only (verl's placement groups want GPU + CPU slots); small object store
         "ray_kwargs.ray_init.num_cpus=8",
         "transfer_queue.backend.SimpleStorage.num_data_storage_units=1",
@@ -105,51 +100,14 @@ def cpu_overrides(
     ]
 
 
-def read_metrics(path: str | Path) -> list[dict]:
-    rows = []
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            rows.append(json.loads(line))
-    return rows
-
-
-SUMMARY_KEYS = (
-    "actor/pg_loss",
-    "actor/pg_clipfrac",
-    "critic/score/mean",
-    "rollout_corr/kl",
-    "rollout_corr/k3_kl",
-    "actor/entropy",
-    "timing_s/step",
-)
-
-
-def summarize(path: str | Path, out=sys.stdout) -> None:
-    rows = read_metrics(path)
-    print(f"{'step':>4}  " + "  ".join(f"{k:>20}" for k in SUMMARY_KEYS), file=out)
-    for row in rows:
-        data = row.get("data", row)
-        cells = []
-        for k in SUMMARY_KEYS:
-            v = data.get(k)
-            cells.append(f"{v:>20.5g}" if isinstance(v, (int, float)) and math.isfinite(v) else f"{str(v):>20}")
-        print(f"{row.get('step', '?'):>4}  " + "  ".join(cells), file=out)
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--run-dir")
+    parser = argparse.ArgumentParser(description="print the CPU overrides for verl's trainer, one per line")
+    parser.add_argument("--run-dir", required=True)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--quantization", default=None)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--prompts-per-step", type=int, default=4)
-    parser.add_argument("--summarize", metavar="METRICS_JSONL")
     args = parser.parse_args(argv)
-    if args.summarize:
-        summarize(args.summarize)
-        return
-    if not args.run_dir:
-        parser.error("--run-dir is required")
     for item in cpu_overrides(
         args.run_dir, steps=args.steps, quantization=args.quantization, lr=args.lr, prompts_per_step=args.prompts_per_step
     ):

@@ -1,0 +1,201 @@
+"""The validation pass before Ray starts (verl_stable.validation): every refused mistake names its key.
+
+Most cases compose the real config tree in-process (seconds); the entry-point cases run the real launchers
+in a subprocess and check that they exit with status 2, one line per problem, before Ray starts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from verl_stable.cpu.overrides import cpu_overrides
+from verl_stable.validation import ConfigError, EXIT_CONFIG_ERROR, compose_trainer_config, validate_trainer_config
+
+PRESETS = ("minirl", "minirl_no_is", "minirl_length_norm", "minirl_no_clip", "seq_is")
+ACTOR = "actor_rollout_ref.actor"
+CORR = "algorithm.rollout_correction"
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from verl_stable.tasks.addition import build_dataset, build_model_dir
+
+    root = tmp_path_factory.mktemp("validation")
+    build_model_dir(root / "model", seed=0, format_sft_steps=0)
+    build_dataset(root / "data", n_train=8, n_val=4, seed=0)
+    return root
+
+
+@pytest.fixture(scope="module")
+def dense_model(tmp_path_factory):
+    from transformers import Qwen2Config
+
+    path = tmp_path_factory.mktemp("dense")
+    Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                num_key_value_heads=1).save_pretrained(path)
+    return path
+
+
+def _validate(run_dir, *overrides, preset="minirl"):
+    base = [f"algorithm={preset}"] if preset else []
+    config = compose_trainer_config([*base, *cpu_overrides(run_dir, steps=1), *overrides])
+    validate_trainer_config(config)
+    return config
+
+
+def _refused(run_dir, *overrides, preset="minirl") -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        _validate(run_dir, *overrides, preset=preset)
+    return info.value
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("replay", [None, "R2", "R3"])
+def test_every_preset_and_replay_switch_validates_with_the_cpu_settings(run_dir, preset, replay):
+    extra = [f"routing_replay={replay}"] if replay else []
+    config = _validate(run_dir, *extra, preset=preset)
+    assert config.actor_rollout_ref.actor.policy_loss.loss_mode == preset
+    if replay:
+        assert config.actor_rollout_ref.actor.fsdp_config.router_replay.mode == replay
+
+
+def test_cpu_settings_never_override_the_preset(run_dir):
+    """The documented ablations keep their own rollout correction under the CPU overrides."""
+    no_is = _validate(run_dir, preset="minirl_no_is")
+    assert no_is.algorithm.rollout_correction.rollout_is is None
+    seq = _validate(run_dir, preset="seq_is")
+    assert seq.algorithm.rollout_correction.rollout_is == "sequence"
+    owned = {o.split("=", 1)[0].lstrip("+") for o in cpu_overrides(run_dir)}
+    for key in ("algorithm.adv_estimator", f"{CORR}.rollout_is", f"{CORR}.rollout_is_threshold",
+                f"{ACTOR}.policy_loss.loss_mode", f"{ACTOR}.loss_agg_mode", f"{ACTOR}.use_kl_loss",
+                f"{ACTOR}.entropy_coeff", f"{ACTOR}.clip_ratio_low", "actor_rollout_ref.rollout.calculate_log_probs"):
+        assert key not in owned, key
+
+
+# (overrides, preset, key the one-line message must name)
+MISTAKES = [
+    ([f"{ACTOR}.clip_ratio_low=-1"], "minirl", f"{ACTOR}.clip_ratio_low"),
+    ([f"{ACTOR}.clip_ratio_high=1.0"], "minirl", f"{ACTOR}.clip_ratio_high"),
+    ([f"{CORR}.rollout_is=sequence"], "minirl", f"{CORR}.rollout_is"),
+    ([f"{CORR}.rollout_is=null"], "minirl", f"{CORR}.rollout_is"),
+    ([f"{CORR}.rollout_is=token"], "minirl_no_is", f"{CORR}.rollout_is"),
+    ([f"{CORR}.rollout_is=token"], "seq_is", f"{CORR}.rollout_is"),
+    ([f"{CORR}.rollout_is=tokens"], "minirl", f"{CORR}.rollout_is"),
+    ([f"{CORR}.rollout_is_threshold=0"], "minirl", f"{CORR}.rollout_is_threshold"),
+    ([f"{CORR}.rollout_is_threshold=abc"], "minirl", f"{CORR}.rollout_is_threshold"),
+    ([f"{CORR}.bypass_mode=true"], "minirl", f"{CORR}.bypass_mode"),
+    ([f"{ACTOR}.loss_agg_mode=token-mean"], "minirl_length_norm", f"{ACTOR}.loss_agg_mode"),
+    ([f"{ACTOR}.loss_agg_mode=seq-mean-token-mean"], "minirl", f"{ACTOR}.loss_agg_mode"),
+    ([f"{ACTOR}.loss_agg_mode=token-mean"], "seq_is", f"{ACTOR}.loss_agg_mode"),
+    (["actor_rollout_ref.rollout.calculate_log_probs=false"], "minirl", "actor_rollout_ref.rollout.calculate_log_probs"),
+    (["trainer.total_training_steps=0"], "minirl", "trainer.total_training_steps"),
+    (["trainer.total_epochs=0"], "minirl", "trainer.total_epochs"),
+    ([f"{ACTOR}.ppo_epochs=0"], "minirl", f"{ACTOR}.ppo_epochs"),
+    (["actor_rollout_ref.rollout.quantization=int4"], "minirl", "actor_rollout_ref.rollout.quantization"),
+    (["actor_rollout_ref.rollout.dtype=int8"], "minirl", "actor_rollout_ref.rollout.dtype"),
+    (["data.train_files=/nonexistent/train.parquet"], "minirl", "data.train_files"),
+    (["data.train_files=null"], "minirl", "data.train_files"),
+    (["data.val_files=/nonexistent/val.parquet"], "minirl", "data.val_files"),
+    ([f"{ACTOR}.ppo_mini_batch_size=3"], "minirl", f"{ACTOR}.ppo_mini_batch_size"),
+    ([f"{ACTOR}.ppo_micro_batch_size_per_gpu=5"], "minirl", f"{ACTOR}.ppo_micro_batch_size_per_gpu"),
+    (["actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=7"], "minirl",
+     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"),
+    ([f"{ACTOR}.fsdp_config.router_replay.mode=R4"], "minirl", f"{ACTOR}.fsdp_config.router_replay.mode"),
+    (["routing_replay=R3", "actor_rollout_ref.rollout.enable_rollout_routing_replay=false"], "minirl",
+     "actor_rollout_ref.rollout.enable_rollout_routing_replay"),
+    (["routing_replay=R2", "actor_rollout_ref.rollout.enable_rollout_routing_replay=true"], "minirl",
+     "actor_rollout_ref.rollout.enable_rollout_routing_replay"),
+    (["routing_replay=R2", f"{CORR}.bypass_mode=true"], "minirl", f"{CORR}.bypass_mode"),
+    (["routing_replay=R3", f"{ACTOR}.strategy=megatron"], "minirl", f"{ACTOR}.strategy"),
+    (["routing_replay=R3", "actor_rollout_ref.rollout.name=hf"], "minirl", "actor_rollout_ref.rollout.name"),
+]
+
+
+@pytest.mark.parametrize("overrides,preset,key", MISTAKES, ids=[" ".join(m[0]) + f"@{m[1]}" for m in MISTAKES])
+def test_mistake_is_refused_naming_its_key(run_dir, overrides, preset, key):
+    error = _refused(run_dir, *overrides, preset=preset)
+    assert key in error.keys, str(error)
+    line = next(str(i) for i in error.issues if i.key == key)
+    assert "\n" not in line and line.startswith(f"{key}="), line
+
+
+def test_every_problem_is_reported_at_once(run_dir):
+    error = _refused(run_dir, f"{ACTOR}.clip_ratio_low=-1", "trainer.total_training_steps=0",
+                     "data.val_files=/nonexistent/val.parquet")
+    assert {f"{ACTOR}.clip_ratio_low", "trainer.total_training_steps", "data.val_files"} <= set(error.keys)
+
+
+def test_dense_model_with_routing_replay_is_refused_naming_routing_replay(run_dir, dense_model):
+    for mode in ("R2", "R3"):
+        error = _refused(run_dir, f"routing_replay={mode}", f"actor_rollout_ref.model.path={dense_model}")
+        assert error.keys == ["routing_replay"], str(error)
+        assert "dense" in str(error) and "qwen2" in str(error)
+    _validate(run_dir, f"actor_rollout_ref.model.path={dense_model}")  # dense without replay is fine
+
+
+def test_verl_validate_config_failures_become_one_line(run_dir):
+    """What only verl checks (here: both micro-batch spellings set) still fails before Ray, readably."""
+    error = _refused(run_dir, "actor_rollout_ref.rollout.log_prob_micro_batch_size=8")
+    assert error.keys == ["verl validate_config"]
+    assert "log_prob_micro_batch_size" in str(error)
+
+
+def test_documented_replay_key_works_without_plus(run_dir):
+    config = _validate(run_dir, f"{ACTOR}.fsdp_config.router_replay.mode=R2")
+    assert config.actor_rollout_ref.actor.fsdp_config.router_replay.mode == "R2"
+
+
+def test_stale_updates_example_from_the_demo_header_validates(run_dir):
+    config = _validate(run_dir, f"{ACTOR}.ppo_mini_batch_size=2")
+    assert config.actor_rollout_ref.actor.ppo_mini_batch_size == 2
+
+
+# ------------------------------------------------------------------------------------- through launchers
+def _launch(cmd, cwd, extra_env=None):
+    env = {**os.environ, "VERL_PLATFORM": "cpu", **(extra_env or {})}
+    start = time.monotonic()
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
+    return proc, time.monotonic() - start
+
+
+def _assert_refused_before_ray(proc, key):
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == EXIT_CONFIG_ERROR, out[-3000:]
+    assert "verl-stable: refused before start-up" in proc.stderr, out[-3000:]
+    assert any(line.strip().startswith(f"{key}=") for line in proc.stderr.splitlines()), proc.stderr
+    assert "ray init kwargs" not in out and "Traceback" not in out, out[-3000:]
+    assert "Error executing job" not in out
+
+
+@pytest.mark.parametrize("entry", ["verl_stable.main", "verl.trainer.main_ppo"])
+def test_launchers_refuse_before_ray_with_exit_2(run_dir, tmp_path, entry):
+    cmd = [sys.executable, "-m", entry]
+    if entry == "verl.trainer.main_ppo":
+        cmd += ["--config-path=pkg://verl_stable.config", "--config-name=minirl_trainer"]
+    cmd += ["algorithm=minirl", *cpu_overrides(run_dir, steps=1), f"{ACTOR}.clip_ratio_low=-1"]
+    proc, _ = _launch(cmd, cwd=tmp_path)
+    _assert_refused_before_ray(proc, f"{ACTOR}.clip_ratio_low")
+    # nothing written into the working directory: Hydra's run dir is inside the run dir
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_demo_refuses_bad_demo_settings_in_its_own_words(tmp_path):
+    for env, needle in (({"STEPS": "0"}, "STEPS must be >= 1"), ({"ROLLOUT_QUANT": "int4"}, "ROLLOUT_QUANT='int4'")):
+        proc, _ = _launch([sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(tmp_path)], tmp_path, env)
+        assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+
+
+def test_demo_reports_a_refused_config_in_a_few_lines(tmp_path):
+    proc, _ = _launch([sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(tmp_path / "run"),
+                       "algorithm=minirl_length_norm", f"{ACTOR}.loss_agg_mode=token-mean"], tmp_path)
+    assert proc.returncode == EXIT_CONFIG_ERROR, proc.stdout + proc.stderr
+    assert f"{ACTOR}.loss_agg_mode=token-mean" in proc.stderr
+    assert len((proc.stdout + proc.stderr).splitlines()) < 15, proc.stdout + proc.stderr
+    assert not (tmp_path / "outputs").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
+

@@ -1,0 +1,172 @@
+"""The CPU demo: ``python -m verl_stable.main`` through verl's real trainer on a tiny MoE, with a short console.
+
+    python -m verl_stable.cpu.demo                                   # algorithm=minirl, 3 steps
+    python -m verl_stable.cpu.demo algorithm=minirl_no_is routing_replay=R3
+    python -m verl_stable.cpu.demo --steps 5 --quantization fp8 actor_rollout_ref.actor.ppo_mini_batch_size=2
+
+Arguments that are not options are Hydra overrides; they win over the CPU settings (which only say what
+CPU needs) and pick the preset (``algorithm=minirl`` unless one is given). The console shows a header, one
+line per step and a final table; verl's full output goes to ``<run dir>/train.log`` (``--verbose`` or
+``VERBOSE=1`` streams it too). Everything the run writes stays under the run directory.
+Environment defaults: RUN_DIR, STEPS, ROLLOUT_QUANT, LR, PROMPTS, VERBOSE (what scripts/demo_cpu.sh passes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from verl_stable import console
+from verl_stable.cpu import CPU_RAY_ENV, ROLLOUT_NAME
+from verl_stable.cpu.hf_engine import SUPPORTED_QUANTIZATION
+from verl_stable.cpu.overrides import cpu_overrides
+
+GROUP_SIZE = 8
+#: verl warns once per process (7 of them) that optional training engines are not installed; on a CPU
+#: machine that is expected, so the demo filters exactly these messages (Ray workers inherit the variable).
+_OPTIONAL_ENGINE_WARNINGS = ("torchtitan", "veomni", "automodel", "mindspeed", "megatron")
+
+
+def _env(run_dir: Path, metrics: Path) -> dict:
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:  # pragma: no cover - psutil comes with ray[default]
+        cores = os.cpu_count() or 1
+    filters = ",".join(f"ignore:{name} engine is not available" for name in _OPTIONAL_ENGINE_WARNINGS)
+    return {
+        **os.environ,
+        **CPU_RAY_ENV,
+        "VERL_FILE_LOGGER_PATH": str(metrics),
+        "TOKENIZERS_PARALLELISM": "false",
+        # TransferQueue asks torch for 8 threads and warns ~120 times a step when the machine has fewer
+        # physical cores; asking for what exists silences it at the source.
+        "TQ_NUM_THREADS": os.environ.get("TQ_NUM_THREADS", str(min(8, cores))),
+        "PYTHONWARNINGS": ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), filters))),
+    }
+
+
+def _override_value(overrides: list[str], key: str):
+    for item in reversed(overrides):
+        if item.lstrip("+~").split("=", 1)[0] == key and "=" in item:
+            return item.split("=", 1)[1]
+    return None
+
+
+def _build_model_once(model_dir: Path, build) -> None:
+    """The seeded tiny model is the same every time: build it once per run directory (a marker says how)."""
+    marker = model_dir / "verl_stable_build.txt"
+    recipe = "tasks.addition.build_model_dir seed=0"
+    if marker.exists() and marker.read_text() == recipe:
+        return
+    build(model_dir, seed=0)
+    marker.write_text(recipe)
+
+
+def parse_args(argv: list[str] | None = None):
+    env = os.environ
+    parser = argparse.ArgumentParser(
+        prog="python -m verl_stable.cpu.demo", description=__doc__.splitlines()[0],
+        epilog="Other arguments are Hydra overrides for verl's trainer, e.g. algorithm=seq_is routing_replay=R3.",
+    )
+    parser.add_argument("--run-dir", default=env.get("RUN_DIR", "runs/cpu_demo"), help="where everything goes")
+    parser.add_argument("--steps", type=int, default=int(env.get("STEPS", 3) or 3), help="GRPO steps (>= 1)")
+    parser.add_argument("--quantization", default=env.get("ROLLOUT_QUANT") or None,
+                        help=f"rollout weights: {', '.join(str(q) for q in SUPPORTED_QUANTIZATION if q)} (default bf16)")
+    parser.add_argument("--lr", type=float, default=float(env.get("LR", 5e-3) or 5e-3))
+    parser.add_argument("--prompts", type=int, default=int(env.get("PROMPTS", 4) or 4), help="prompts per step")
+    parser.add_argument("--verbose", action="store_true",
+                        default=env.get("VERBOSE", "").strip().lower() in ("1", "true", "yes"),
+                        help="stream verl's full output to the console too")
+    args, overrides = parser.parse_known_args(argv)
+    unknown = [o for o in overrides if o.startswith("-")]
+    if unknown:
+        parser.error(f"unknown option(s) {unknown}; Hydra overrides look like key=value")
+    if args.steps < 1:
+        parser.error(f"--steps / STEPS must be >= 1, got {args.steps}")
+    if args.prompts < 1:
+        parser.error(f"--prompts / PROMPTS must be >= 1, got {args.prompts}")
+    if args.quantization not in SUPPORTED_QUANTIZATION:
+        parser.error(f"--quantization / ROLLOUT_QUANT={args.quantization!r}: the hf_cpu rollout supports "
+                     f"{', '.join(str(q) for q in SUPPORTED_QUANTIZATION if q)} (or nothing for bf16 weights)")
+    return args, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    args, user = parse_args(argv)
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics, log = run_dir / "metrics.jsonl", run_dir / "train.log"
+    preset = [] if _override_value(user, "algorithm") else ["algorithm=minirl"]
+    overrides = [
+        *preset,
+        *cpu_overrides(run_dir, steps=args.steps, lr=args.lr, prompts_per_step=args.prompts,
+                       group_size=GROUP_SIZE, quantization=args.quantization),
+        *user,
+    ]
+    total = int(_override_value(overrides, "trainer.total_training_steps") or args.steps)
+    trainer = "legacy loop" if str(_override_value(user, "trainer.use_v1")).lower() == "false" else "v1 trainer"
+    print(f"[demo] python -m verl_stable.main {' '.join(preset + user) or 'algorithm=minirl'}  (+ CPU settings)")
+    print(f"[demo] tiny Qwen3-MoE (2 layers, 4 experts, top-2), addition, {args.prompts} prompts x {GROUP_SIZE} "
+          f"per step, {total} steps, verl {trainer}, {ROLLOUT_NAME} rollout ({args.quantization or 'bf16'} weights)")
+    print(f"[demo] run dir {run_dir}: train.log (verl's full output), metrics.jsonl, checkpoints/, hydra/")
+    print("[demo] stale updates: actor_rollout_ref.actor.ppo_mini_batch_size=2 (2 updates per step); "
+          "full output on screen: VERBOSE=1")
+
+    from transformers.utils import logging as hf_logging
+
+    from verl_stable import validation
+    from verl_stable.tasks.addition import build_dataset, build_model_dir
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars for a one-shard tiny model
+
+    # Data first (under a second), then the whole config check in this process, so a mistake is refused in
+    # seconds -- before the model's short supervised warm-up and before Ray. The trainer checks it again.
+    build_dataset(run_dir / "data", seed=0)
+    # importing verl here logs its platform choice and warns about optional engines: not for the console
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        error = validation.validate_overrides(overrides)
+    if error is not None:
+        validation.report(error)
+        return validation.EXIT_CONFIG_ERROR
+    _build_model_once(run_dir / "model", build_model_dir)
+    metrics.unlink(missing_ok=True)
+
+    start = time.monotonic()
+    rows: list[dict] = []
+
+    def on_row(row: dict) -> None:
+        rows.append(row)
+        print(f"[demo] {console.step_line(row, total)}", flush=True)
+
+    rc = console.run_logged(
+        [sys.executable, "-m", "verl_stable.main", *overrides],
+        log_path=log, metrics_path=metrics, on_row=on_row, env=_env(run_dir, metrics), cwd=run_dir,
+        verbose=args.verbose,
+    )
+    elapsed = time.monotonic() - start
+    if rc != 0:
+        print(f"[demo] failed after {elapsed:.0f} s (exit {rc}):", file=sys.stderr)
+        for line in console.last_error(log):
+            print(f"  {line}", file=sys.stderr)
+        print(f"[demo] full log: {log}", file=sys.stderr)
+        return rc
+    if len(rows) < total:
+        print(f"[demo] verl exited after {len(rows)} of {total} steps; full log: {log}", file=sys.stderr)
+        return 1
+    print(f"[demo] done: {len(rows)} steps in {elapsed:.0f} s")
+    print(console.summary_table(rows))
+    print(f"[demo] metrics: {metrics}   log: {log}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
