@@ -31,14 +31,18 @@ def cpu_overrides(
     """Overrides for ``verl.trainer.main_ppo`` (or ``verl_stable.main``) on one CPU "device".
 
     ``run_dir`` must hold ``model/`` and ``data/`` from :func:`verl_stable.tasks.addition.main` unless
-    ``model_dir`` / ``data_dir`` are given.
+    ``model_dir`` / ``data_dir`` are given. Everything the run writes lands in ``run_dir``: metrics
+    (``metrics.jsonl``, verl's file logger), ``checkpoints/`` and Hydra's ``hydra/``.
     """
     run_dir = Path(run_dir).resolve()
     model_dir = Path(model_dir or run_dir / "model").resolve()
     data_dir = Path(data_dir or run_dir / "data").resolve()
     reward_file = Path(__file__).resolve().parent.parent / "tasks" / "addition.py"
     batch = prompts_per_step * group_size
-    env_vars = [f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}={v}" for k, v in CPU_RAY_ENV.items()]
+    # verl's file logger reads its path from the environment of the process that trains (a Ray actor);
+    # without it, verl writes <project>/<experiment>.jsonl into the working directory.
+    ray_env = {**CPU_RAY_ENV, "VERL_FILE_LOGGER_PATH": run_dir / "metrics.jsonl"}
+    env_vars = [f"+ray_kwargs.ray_init.runtime_env.env_vars.{k}={v}" for k, v in ray_env.items()]
     return [
         # --- data + task
         f"data.train_files={data_dir / 'train.parquet'}",
