@@ -16,10 +16,10 @@ def process_group():
 
     import verl  # noqa: F401  (loads verl_stable.plugin: the CPU platform)
     from verl_stable.cpu import activate_if_requested
-    from verl_stable.routing.fsdp import install
+    from verl_stable.routing.fsdp import register_replay_engines
 
     activate_if_requested()
-    install()
+    register_replay_engines()  # idempotent: the plugin did it when the CPU backend imported verl's FSDP engine
     created = False
     if not dist.is_initialized():
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",

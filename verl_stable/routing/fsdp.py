@@ -38,27 +38,38 @@ experts, per update under ``routing/`` (verl's v1 trainer logs them as ``actor/r
 π_old pass, under ``routing/old_pass/`` -- verl drops the π_old pass's metrics, so the engine hands them to
 the next update once.
 
-Integration (the upstream patch this becomes):
-  * ``FSDPEngineWithLMHead`` methods overridden by the mixin (each calls the stock one):
-    ``forward_backward_batch`` (decide record/replay, close the last context, report metrics),
-    ``prepare_model_inputs`` (lay the micro-batch's routes out like the model input, open the context),
-    ``forward_step`` (collect recorded routes / agreement counts), ``disable_adapter`` (suspend replay).
-    Reused verl helpers: ``build_attention_mask_from_nested``, ``ulysses_pad``,
-    ``get_ulysses_sequence_parallel_rank``, ``FSDPEngine._get_packed_pad_size`` /
-    ``_gather_and_unpad_packed``; micro-batching/re-ordering is verl's own, untouched.
-  * ``verl.workers.engine.base.EngineRegistry.get_engine_cls``: wrapped by :func:`install` so that the LM
-    engine class registered for ``fsdp``/``fsdp2`` (any device) is returned with
-    :class:`RoutingReplayEngineMixin` in front; with mode ``disabled`` every override is a pass-through.
-    Upstream this is simply the mixin's code living in ``FSDPEngineWithLMHead``.
-  * ``verl.workers.engine_workers.ActorRolloutRefWorker.__init__`` hard-codes ``enable_routing_replay =
-    False`` for FSDP, so verl's per-call flag (``enable_routing_replay``: True for compute_log_prob and
-    update_actor, False for compute_ref_log_prob) is never set for FSDP. We do not patch it: the engine
-    treats an absent flag as "replay on" (the ref engine is protected by its own config). Upstream: read
-    ``actor.fsdp_config.router_replay.mode`` there too.
+Integration with verl 0.9.1, and the shims left (each with the upstream change that removes it):
+
+1. Registration (:func:`register_replay_engines`): no patch. For this process's engine key -- the
+   ``(device, vendor)`` pair ``EngineRegistry.get_engine_cls`` tries first -- it registers, through verl's
+   own ``EngineRegistry.register``, the replay subclass of the FSDP LM engine that the registry would hand
+   out (``language_model``, ``fsdp`` and ``fsdp2``). verl's device-only entries stay untouched; the value
+   model is not touched. Version check: verl == 0.9.1, else a warning and nothing is registered.
+   Upstream: the mixin's code lives in ``FSDPEngineWithLMHead`` (patch ``[fsdp] feat: MoE router replay``)
+   and this registration disappears.
+2. Import hook (``verl_stable/_post_import.py``, installed by ``verl_stable.plugin``): runs (1) right after
+   verl executes ``verl.workers.engine.fsdp.transformer_impl``. Kept because registering needs the engine
+   class, and importing verl's engine package from the plugin (at every ``import verl``) costs ~1.5 s per
+   process on top of ~4.8 s for ``import verl`` (measured on the CPU dev box, engine package after
+   ``import verl``) and, worse, resolves and caches verl's platform then (``transformer_impl`` calls
+   ``get_device_name()`` at module level): a platform plugin loaded after ours would never be used.
+   Upstream: (1) disappears; alternatively a lazy engine entry (``EngineRegistry.register`` accepting a
+   ``"module:Class"`` string as ``RolloutReplicaRegistry`` does) would make the hook unnecessary.
+3. Overridden engine methods (the mixin, each calls verl's own): ``forward_backward_batch``,
+   ``prepare_model_inputs``, ``forward_step``, ``disable_adapter``; reused helpers
+   ``build_attention_mask_from_nested``, ``ulysses_pad``, ``get_ulysses_sequence_parallel_rank``,
+   ``FSDPEngine._get_packed_pad_size`` / ``_gather_and_unpad_packed``. Version-checked with (1).
+   Upstream: the same code inside ``FSDPEngineWithLMHead``.
+4. Not patched: ``ActorRolloutRefWorker.__init__`` hard-codes ``enable_routing_replay = False`` for FSDP, so
+   verl's per-call flag (True for compute_log_prob / update_actor, False for compute_ref_log_prob) is never
+   set for FSDP; the engine treats an absent flag as "replay on" (the ref engine is protected by its own
+   config). Upstream: read ``actor.fsdp_config.router_replay.mode`` there too.
 """
 
 from __future__ import annotations
 
+import os
+import warnings
 from collections.abc import Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -74,8 +85,8 @@ __all__ = [
     "MODE_KEY",
     "ROUTE_RETURN_KEY",
     "RoutingReplayEngineMixin",
-    "with_routing_replay",
-    "install",
+    "replay_engine_class",
+    "register_replay_engines",
     "check_trainer_config",
 ]
 
@@ -84,6 +95,7 @@ MODE_KEY = "actor_rollout_ref.actor.fsdp_config.router_replay.mode"
 ROUTE_RETURN_KEY = "actor_rollout_ref.rollout.enable_rollout_routing_replay"
 _FSDP_BACKENDS = ("fsdp", "fsdp2")
 _MODES = ("disabled", "R2", "R3")
+_MODEL_TYPE = "language_model"
 
 RECORD = "record"
 REPLAY = "replay"
@@ -191,7 +203,7 @@ class _Pass:
 
 
 class RoutingReplayEngineMixin:
-    """Put in front of verl's FSDP LM engine class (see :func:`with_routing_replay`). With
+    """Put in front of verl's FSDP LM engine class (see :func:`replay_engine_class`). With
     ``engine_config.router_replay.mode == "disabled"`` every method is a pass-through."""
 
     _rr_pass: Optional[_Pass] = None
@@ -417,54 +429,87 @@ class RoutingReplayEngineMixin:
 
 
 # ---------------------------------------------------------------------------------------------- registration
-_WITH_REPLAY: dict[type, type] = {}
+_REPLAY_CLASSES: dict[type, type] = {}
 
 
-def with_routing_replay(engine_cls: type) -> type:
+def replay_engine_class(engine_cls: type) -> type:
     """``engine_cls`` with :class:`RoutingReplayEngineMixin` in front (cached, idempotent)."""
     if issubclass(engine_cls, RoutingReplayEngineMixin):
         return engine_cls
-    cls = _WITH_REPLAY.get(engine_cls)
+    cls = _REPLAY_CLASSES.get(engine_cls)
     if cls is None:
         cls = type(
             f"RoutingReplay{engine_cls.__name__}",
             (RoutingReplayEngineMixin, engine_cls),
             {"__module__": __name__, "__doc__": f"{engine_cls.__name__} with verl-stable's R2/R3 routing replay."},
         )
-        _WITH_REPLAY[engine_cls] = cls
+        _REPLAY_CLASSES[engine_cls] = cls
     return cls
 
 
-_INSTALLED = False
+class UnsupportedVerlVersion(RuntimeError):
+    pass
 
 
-def install() -> None:
-    """Make verl's engine registry hand out the replay-capable FSDP LM engine (idempotent).
+def _check_verl_version(installed: Optional[str] = None) -> None:
+    from importlib.metadata import version
 
-    Wraps ``EngineRegistry.get_engine_cls`` rather than re-registering: whichever class is registered for
-    (``language_model``, ``fsdp``/``fsdp2``, device) — verl's CUDA/NPU engine or a plugin's CPU engine,
-    registered before or after this call — gets the mixin in front at lookup time. Nothing else changes;
-    with ``router_replay.mode=disabled`` the engine behaves exactly as before.
+    from verl_stable import VERL_VERSION
 
-    Call it from ``verl_stable.plugin`` (loaded by verl in every process) AFTER the CPU backend's activation:
-    importing verl's engine package resolves the platform at import time, so a custom platform must be
-    registered first.
+    installed = installed or version("verl")
+    if installed != VERL_VERSION:
+        raise UnsupportedVerlVersion(
+            f"verl-stable's FSDP routing replay ({MODE_KEY}=R2|R3) overrides verl=={VERL_VERSION}'s "
+            f"FSDPEngineWithLMHead internals; found verl=={installed}: not registered, the FSDP engine runs "
+            f"without routing replay. Install verl=={VERL_VERSION}."
+        )
+
+
+def _engine_key() -> tuple[str, str]:
+    """The ``(device, vendor)`` key ``EngineRegistry.get_engine_cls`` looks up first in this process."""
+    from verl.utils.device import get_device_name, get_vendor
+
+    return os.getenv("VERL_ENGINE_DEVICE") or get_device_name(), os.getenv("VERL_ENGINE_VENDOR") or get_vendor()
+
+
+def register_replay_engines() -> dict[str, type]:
+    """Register the replay-capable FSDP LM engine in verl's ``EngineRegistry`` for this process; return
+    ``{backend: class}`` for ``fsdp`` / ``fsdp2`` (idempotent).
+
+    Through verl's own ``EngineRegistry.register``, under the ``(device, vendor)`` key that
+    ``get_engine_cls`` tries before the device-only key verl (or the CPU backend) registered its engine
+    under: the class registered there is wrapped, not replaced, and every other entry is left alone.
+    A vendor key somebody else registered is left alone too (a warning: that engine runs without replay).
+    On a verl other than the pinned release: a warning, nothing registered.
     """
-    global _INSTALLED
-    if _INSTALLED:
-        return
+    try:
+        _check_verl_version()
+    except UnsupportedVerlVersion as exc:
+        warnings.warn(str(exc), stacklevel=2)
+        return {}
     from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 
-    stock = EngineRegistry.get_engine_cls.__func__
-
-    def get_engine_cls(cls, model_type: str, backend: str):
-        engine_cls = stock(cls, model_type, backend)
-        is_fsdp_lm = model_type == "language_model" and backend in _FSDP_BACKENDS
-        if is_fsdp_lm and hasattr(engine_cls, "prepare_model_inputs"):
-            return with_routing_replay(engine_cls)
-        return engine_cls
-
-    get_engine_cls.__doc__ = stock.__doc__
-    get_engine_cls.__wrapped__ = stock
-    EngineRegistry.get_engine_cls = classmethod(get_engine_cls)
-    _INSTALLED = True
+    device, vendor = _engine_key()
+    out: dict[str, type] = {}
+    for backend in _FSDP_BACKENDS:
+        try:
+            registered = EngineRegistry.get_engine_cls(_MODEL_TYPE, backend)
+        except (AssertionError, ValueError):  # no FSDP LM engine for this device: nothing to replay on
+            continue
+        if issubclass(registered, RoutingReplayEngineMixin):
+            out[backend] = registered
+            continue
+        if not issubclass(registered, FSDPEngineWithLMHead) or not vendor:
+            warnings.warn(f"routing replay: {registered.__name__} ({backend}, {device}/{vendor}) is not verl's FSDP "
+                          "LM engine; it runs without routing replay", stacklevel=2)
+            continue
+        cls = replay_engine_class(registered)
+        try:
+            EngineRegistry.register(model_type=_MODEL_TYPE, backend=backend, device=device, vendor=vendor)(cls)
+        except AssertionError:  # verl refuses to register a key twice: a vendor plugin's own engine is there
+            warnings.warn(f"routing replay: verl's registry already has {registered.__name__} for ({backend}, "
+                          f"{device}, {vendor}); it runs without routing replay", stacklevel=2)
+            continue
+        out[backend] = cls
+    return out
