@@ -237,7 +237,8 @@ def hf_reference(model_path: str, padded, routes=None, state_dict=None):
     itself in that same forward [B, S, layers, top_k] -- i.e. given the replayed earlier layers)."""
     from transformers import AutoModelForCausalLM
 
-    from verl_stable.routing import Routes, RoutingReplay, find_routers
+    from verl_stable.routing import Routes, RoutingReplay
+    from verl_stable.routing.hf import find_routers
 
     input_ids, attention_mask, position_ids = padded
     model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32).eval()
