@@ -14,10 +14,11 @@ import sys
 
 import torch
 
-sys.path.insert(0, os.path.dirname(__file__))
-from tiny_moe import FAMILIES, VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs  # noqa: E402
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 
 from verl_stable.routing import Routes, RoutingReplay  # noqa: E402
+
+from tests.helpers import FAMILIES, VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs  # noqa: E402
 
 
 def check(name: str, ok: bool, failures: list) -> None:

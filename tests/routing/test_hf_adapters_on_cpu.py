@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_moe import FAMILIES, random_routes_idx, tiny_batch, tiny_config, tiny_model, token_logprobs
-
 from verl_stable.routing import Routes, RoutingReplay, spec_from_config
 from verl_stable.routing.hf import ADAPTERS, moe_layers_from_config
+
+from tests.helpers import FAMILIES, random_routes_idx, tiny_batch, tiny_config, tiny_model, token_logprobs
 
 
 @pytest.fixture

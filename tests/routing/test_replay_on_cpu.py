@@ -7,9 +7,9 @@ import copy
 
 import pytest
 import torch
-from tiny_moe import VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
-
 from verl_stable.routing import Routes, RoutingReplay, concat, pack, route_agreement
+
+from tests.helpers import VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
 
 
 def _assert_agreement_is_offline(agree, native: Routes, replayed: Routes) -> None:
@@ -171,6 +171,29 @@ def test_push_one_routes_per_micro_batch_in_one_context():
         with rr.replay(routes[0]) as state:
             state.push(routes[1])
     assert not rr.active
+
+
+def test_record_native_is_each_routers_own_choice():
+    """``record(native=True)``: without replay the routers' own top-k is what they used; under replay it is
+    what each would have picked given the replayed earlier layers (not the replayed ids)."""
+    model = tiny_model("deepseek_v3")
+    rr = RoutingReplay(model)
+    spec = rr.spec
+    x = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    with rr.record(native=True) as rec, torch.no_grad():
+        model(input_ids=x)
+    assert rec.native[0].equal(rec.routes[0])
+    forced = Routes.from_indices(random_routes_idx(x.numel(), spec.num_layers, 8, spec.top_k), 8)
+    with rr.replay(forced), rr.record(native=True) as rec, torch.no_grad():
+        model(input_ids=x)
+    assert rec.routes[0].equal(forced)
+    # layer 0 sees the same input with or without replay: its own choice is the unreplayed route
+    assert torch.equal(rec.native[0].layer(0), _routes_of(model, rr, x).layer(0))
+    assert route_agreement(rec.native[0], forced).tokens_mismatch_any_layer > 0
+    with rr.record() as plain, torch.no_grad():
+        model(input_ids=x)
+    with pytest.raises(RuntimeError, match="native=True"):
+        plain.native
 
 
 def test_record_collects_one_routes_per_forward_in_router_token_order():

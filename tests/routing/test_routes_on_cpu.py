@@ -7,10 +7,10 @@ import base64
 import numpy as np
 import pytest
 import torch
-from tiny_moe import random_routes_idx
-
 from verl_stable.routing import RouteSpec, Routes, route_agreement
 from verl_stable.routing.routes import compact_dtype
+
+from tests.helpers import random_routes_idx
 
 # A DeepSeek-like layout: decoder layers 0 and 2 dense, MoE at 1, 3, 4.
 SPEC = RouteSpec(num_experts=16, top_k=3, moe_layers=(1, 3, 4), num_hidden_layers=5)

@@ -1,12 +1,13 @@
 """Fixtures for tests/routing_fsdp: one gloo process group and one tiny Qwen3-MoE per session
-(helpers in ``_harness``)."""
+(helpers in ``tests.helpers.engine``, which also selects verl-stable's CPU platform before verl is imported)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from _harness import free_port, save_tiny_moe
+from tests.helpers.engine import free_port
+from tests.helpers.models import save_tiny_moe
 
 
 @pytest.fixture(scope="session")

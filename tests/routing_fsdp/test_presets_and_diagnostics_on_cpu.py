@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+
+from tests.hydra_configs import compose as _compose
 
 BASE = ["algorithm=minirl", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"]
 
 
 def compose(overrides):
-    """tests/conftest.py's compose(); imported by path because this directory's conftest shadows the name."""
-    spec = importlib.util.spec_from_file_location("_top_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.compose(overrides=overrides)
+    return _compose(overrides=overrides)
 
 
 @pytest.mark.parametrize("mode,route_return", [("R2", False), ("R3", True)])

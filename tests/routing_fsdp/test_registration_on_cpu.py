@@ -4,21 +4,9 @@ only on the verl release it was written for. Fresh interpreters: registries are 
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
-
-def _run(code: str, platform: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
-    if platform is not None:
-        env["VERL_PLATFORM"] = platform
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=240
-    )
+from tests.helpers.processes import run_python as _run
 
 
 @pytest.mark.parametrize("platform", [None, "cpu"], ids=["default-platform", "cpu-backend"])

@@ -53,19 +53,25 @@ __all__ = ["RoutingReplay", "Recording", "ReplayState"]
 class Recording:
     """What ``RoutingReplay.record()`` collected: ``routes[i]`` is the i-th forward's Routes
     (``[tokens, moe_layers, top_k]``, tokens in the order the routers saw them, on the model's device): the
-    experts each MoE layer used."""
+    experts each MoE layer used. With ``record(native=True)``, ``native[i]`` holds what each router picked
+    itself in that forward (its own top-k given its input; under ``replay`` that input follows the replayed
+    earlier layers)."""
 
-    def __init__(self, spec: RouteSpec):
+    def __init__(self, spec: RouteSpec, native: bool = False):
         self.spec = spec
+        self._keep_native = native
         self._forwards: list[list[Optional[torch.Tensor]]] = []
+        self._native: list[list[Optional[torch.Tensor]]] = []
 
     def _start_forward(self) -> None:
         self._forwards.append([None] * self.spec.num_layers)
+        if self._keep_native:
+            self._native.append([None] * self.spec.num_layers)
 
-    def _current(self) -> list[Optional[torch.Tensor]]:
+    def _slots(self) -> tuple[list[Optional[torch.Tensor]], Optional[list[Optional[torch.Tensor]]]]:
         if not self._forwards:  # a router fired outside a call of the bound model: count it as one forward
             self._start_forward()
-        return self._forwards[-1]
+        return self._forwards[-1], (self._native[-1] if self._keep_native else None)
 
     @property
     def num_forwards(self) -> int:
@@ -85,6 +91,12 @@ class Recording:
     @property
     def routes(self) -> list[Routes]:
         return [self._assemble(self._forwards, i) for i in range(len(self._forwards))]
+
+    @property
+    def native(self) -> list[Routes]:
+        if not self._keep_native:
+            raise RuntimeError("Recording.native needs record(native=True)")
+        return [self._assemble(self._native, i) for i in range(len(self._native))]
 
 
 class ReplayState:
@@ -245,9 +257,12 @@ class RoutingReplay:
                 chosen = self._replaying.indices(layer, native)
             rec = self._recording
             if rec is not None:
-                slots = rec._current()
+                slots, native_slots = rec._slots()
                 if slots[layer] is None:
-                    slots[layer] = (native if chosen is None else chosen).detach().to(compact_dtype(self.spec.num_experts))
+                    dtype = compact_dtype(self.spec.num_experts)
+                    slots[layer] = (native if chosen is None else chosen).detach().to(dtype)
+                    if native_slots is not None:
+                        native_slots[layer] = native.detach().to(dtype)
                 elif chosen is None:
                     # A second firing in the same forward is a checkpoint recompute: make it use what was recorded.
                     if slots[layer].shape[0] != native.shape[0]:
@@ -267,11 +282,12 @@ class RoutingReplay:
 
     # ---------------------------------------------------------------- contexts
     @contextmanager
-    def record(self) -> Iterator[Recording]:
-        """Collect the experts every forward inside uses (the replayed ones when nested in ``replay``)."""
+    def record(self, *, native: bool = False) -> Iterator[Recording]:
+        """Collect the experts every forward inside uses (the replayed ones when nested in ``replay``), and with
+        ``native=True`` also what each router picked itself (``Recording.native``)."""
         if self._recording is not None:
             raise RuntimeError("record() is already active on this model")
-        rec = Recording(self.spec)
+        rec = Recording(self.spec, native=native)
         self._recording = rec
         try:
             self._install()
