@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hydra_configs import compose
+from tests.hydra_configs import compose
 
 
 @pytest.fixture(scope="session")

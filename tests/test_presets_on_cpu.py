@@ -9,7 +9,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from hydra_configs import compose
+from tests.hydra_configs import compose
 from verl_stable.losses import LOSS_MODES
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "verl_stable" / "config"

@@ -16,17 +16,18 @@ from verl_stable.cpu import activate_if_requested as _activate_cpu  # noqa: E402
 
 _activate_cpu()
 
-# Routing replay R2/R3 for verl's FSDP engine; a pass-through unless
-# actor_rollout_ref.actor.fsdp_config.router_replay.mode is R2/R3. Installed when verl itself imports its
-# engine registry (after the CPU backend above, whose platform that import resolves), not here: importing
-# the engine package costs seconds in processes that never build an engine.
+# Routing replay R2/R3 for verl's FSDP engine (a pass-through unless
+# actor_rollout_ref.actor.fsdp_config.router_replay.mode is R2/R3): registered in verl's EngineRegistry right
+# after verl's FSDP engine module is imported, in the processes that build an engine. Not here: importing the
+# engine package at `import verl` costs ~1.5 s per process and fixes verl's platform before platform plugins
+# loaded after this one register theirs (verl_stable.routing.fsdp, "shims" 1-2).
 from verl_stable._post_import import after_import as _after_import  # noqa: E402
 
 
-def _install_fsdp_routing_replay(_module) -> None:
-    from verl_stable.routing.fsdp import install
+def _register_fsdp_routing_replay(_module) -> None:
+    from verl_stable.routing.fsdp import register_replay_engines
 
-    install()
+    register_replay_engines()
 
 
-_after_import("verl.workers.engine.base", _install_fsdp_routing_replay)
+_after_import("verl.workers.engine.fsdp.transformer_impl", _register_fsdp_routing_replay)

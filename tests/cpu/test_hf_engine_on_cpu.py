@@ -9,17 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_stable.cpu.hf_engine import GenerationRequest, HFInferenceEngine, fp8_round_trip, is_fp8_target
 
-
-def _prompt(tokenizer, a: int, b: int) -> list[int]:
-    out = tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True)
-    return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
-
-
-def _hf_logprobs(model, prompt: list[int], response: list[int], temperature: float = 1.0) -> torch.Tensor:
-    ids = torch.tensor([prompt + response])
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, len(prompt) - 1 : -1].float() / temperature
-    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(response)[:, None]).squeeze(-1)
+from tests.helpers import addition_prompt, response_logprobs
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])
@@ -28,7 +18,7 @@ def test_logprobs_match_a_transformers_forward_in_the_same_precision(tiny_assets
     engine = HFInferenceEngine(tiny_assets["model"], dtype=dtype, eos_token_ids=[tokenizer.eos_token_id], seed=1)
     reference = AutoModelForCausalLM.from_pretrained(tiny_assets["model"], dtype=dtype, attn_implementation="sdpa")
     # Prompts of different lengths: the batch is left-padded, which must not change any log-prob.
-    prompts = [_prompt(tokenizer, a, b) for a, b in [(1, 2), (3, 4), (9, 9)]]
+    prompts = [addition_prompt(tokenizer, a, b) for a, b in [(1, 2), (3, 4), (9, 9)]]
     prompts[1] = prompts[1][1:]
     requests = [
         GenerationRequest(prompt_ids=p, max_tokens=6, temperature=0.7, logprobs=True, ignore_eos=True) for p in prompts
@@ -36,7 +26,7 @@ def test_logprobs_match_a_transformers_forward_in_the_same_precision(tiny_assets
     results = engine.generate(requests)
     for prompt, res in zip(prompts, results, strict=True):
         assert len(res.token_ids) == 6 and res.finish_reason == "length"
-        ref = _hf_logprobs(reference, prompt, res.token_ids, temperature=0.7)
+        ref = response_logprobs(reference, prompt, res.token_ids, temperature=0.7)
         got = torch.tensor(res.log_probs)
         assert torch.isfinite(got).all()
         assert (got - ref).abs().max().item() < tol
@@ -46,7 +36,7 @@ def test_greedy_is_deterministic_and_stops_at_eos(tiny_assets):
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
     eos = tokenizer.eos_token_id
     engine = HFInferenceEngine(tiny_assets["model"], dtype="float32", eos_token_ids=[eos])
-    prompt = _prompt(tokenizer, 2, 2)
+    prompt = addition_prompt(tokenizer, 2, 2)
     first = engine.generate([GenerationRequest(prompt_ids=prompt, max_tokens=8, temperature=0.0)])[0]
     second = engine.generate([GenerationRequest(prompt_ids=prompt, max_tokens=8, temperature=0.0)])[0]
     assert first.token_ids == second.token_ids
@@ -62,7 +52,7 @@ def test_routed_experts_cover_every_token_the_model_ran_on(tiny_assets):
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
     engine = HFInferenceEngine(tiny_assets["model"], dtype="float32", record_routes=True)
     cfg = engine.model.config
-    prompts = [_prompt(tokenizer, 5, 6), _prompt(tokenizer, 7, 1)[2:]]
+    prompts = [addition_prompt(tokenizer, 5, 6), addition_prompt(tokenizer, 7, 1)[2:]]
     results = engine.generate(
         [GenerationRequest(prompt_ids=p, max_tokens=5, logprobs=True, ignore_eos=True) for p in prompts]
     )
@@ -114,7 +104,7 @@ def test_weight_update_takes_effect_including_packed_experts(tiny_assets):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
     engine = HFInferenceEngine(tiny_assets["model"], dtype="float32")
-    prompt = _prompt(tokenizer, 4, 4)
+    prompt = addition_prompt(tokenizer, 4, 4)
     before = engine.generate([GenerationRequest(prompt_ids=prompt, max_tokens=3, temperature=0.0, logprobs=True)])[0]
 
     # What verl's FSDP engine sends: every weight, experts unfused to per-expert checkpoint keys.
@@ -131,7 +121,7 @@ def test_weight_update_takes_effect_including_packed_experts(tiny_assets):
         assert torch.equal(dict(engine.model.named_parameters())[name], param), name
 
     after = engine.generate([GenerationRequest(prompt_ids=prompt, max_tokens=3, temperature=0.0, logprobs=True)])[0]
-    ref = _hf_logprobs(trained, prompt, after.token_ids)
+    ref = response_logprobs(trained, prompt, after.token_ids)
     assert (torch.tensor(after.log_probs) - ref).abs().max() < 1e-4
     assert before.log_probs != after.log_probs
 
@@ -156,7 +146,7 @@ def test_fp8_rollout_widens_the_gap_to_the_full_precision_policy(tiny_assets):
     """
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
     ref = HFInferenceEngine(tiny_assets["model"], dtype="float32", seed=3)
-    prompts = [_prompt(tokenizer, a, (3 * a + 1) % 10) for a in range(10)]
+    prompts = [addition_prompt(tokenizer, a, (3 * a + 1) % 10) for a in range(10)]
     samples = ref.generate([GenerationRequest(prompt_ids=p, max_tokens=4) for p in prompts])
     seqs = [torch.tensor([p + s.token_ids]) for p, s in zip(prompts, samples, strict=True)]
 
@@ -212,7 +202,7 @@ def test_top_k_and_top_p_restrict_sampling_like_vllm(tiny_assets):
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
     engine = HFInferenceEngine(tiny_assets["model"], dtype="float32", seed=5)
-    prompt = _prompt(tokenizer, 8, 1)
+    prompt = addition_prompt(tokenizer, 8, 1)
     greedy = engine.generate([GenerationRequest(prompt_ids=prompt, max_tokens=4, temperature=0.0, ignore_eos=True)])[0]
     top1 = engine.generate(
         [GenerationRequest(prompt_ids=prompt, max_tokens=4, temperature=1.0, top_k=1, logprobs=True, ignore_eos=True)]

@@ -11,6 +11,8 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from tests.helpers import addition_prompt, response_logprobs
+
 
 @pytest.fixture(scope="module")
 def ray_cpu(monkeypatch_module):
@@ -64,17 +66,12 @@ def _launch(model_dir, **rollout_kwargs):
     return replica, rollout_cfg, model_cfg
 
 
-def _prompt(tokenizer, a, b):
-    out = tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True)
-    return list(out["input_ids"])
-
-
 def test_generate_returns_token_output_with_logprobs_and_routes(ray_cpu, tiny_assets):
     replica, _, _ = _launch(tiny_assets["model"], enable_rollout_routing_replay=True)
     try:
         server = replica.server_handle
         tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
-        prompts = [_prompt(tokenizer, a, 9 - a) for a in range(6)]
+        prompts = [addition_prompt(tokenizer, a, 9 - a) for a in range(6)]
         sampling = dict(temperature=1.0, top_p=1.0, top_k=-1, repetition_penalty=1.0, logprobs=True)
         # Concurrent requests as the agent loop sends them; the server batches them.
         outs = ray.get(
@@ -111,7 +108,7 @@ def test_adapter_weight_update_reaches_the_server(ray_cpu, tiny_assets, monkeypa
         adapter = get_rollout_class("hf_cpu", "async")(config=rollout_cfg, model_config=model_cfg, device_mesh=None)
 
         tokenizer = AutoTokenizer.from_pretrained(tiny_assets["model"])
-        prompt = _prompt(tokenizer, 1, 1)
+        prompt = addition_prompt(tokenizer, 1, 1)
         greedy = dict(temperature=0.0, top_p=1.0, top_k=-1, logprobs=True)
         before = ray.get(server.generate.remote(prompt_ids=prompt, sampling_params=dict(greedy), request_id="a"))
 
@@ -129,10 +126,7 @@ def test_adapter_weight_update_reaches_the_server(ray_cpu, tiny_assets, monkeypa
         assert torch.equal(ray.get(server.get_weight.remote(name)), dict(trained.named_parameters())[name])
         after = ray.get(server.generate.remote(prompt_ids=prompt, sampling_params=dict(greedy), request_id="b"))
         assert after.extra_fields["global_steps"] == 7
-        ids = torch.tensor([prompt + after.token_ids])
-        with torch.no_grad():
-            logits = trained(input_ids=ids).logits[0, len(prompt) - 1 : -1]
-        ref = torch.log_softmax(logits, -1).gather(-1, torch.tensor(after.token_ids)[:, None]).squeeze(-1)
+        ref = response_logprobs(trained, prompt, after.token_ids)
         assert torch.allclose(torch.tensor(after.log_probs), ref, atol=1e-4)
         assert before.log_probs != after.log_probs
 

@@ -3,23 +3,11 @@ process-global, so each check gets its own process, exactly like a Ray worker im
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
 from verl_stable.cpu import UnsupportedVerlVersion, check_verl_version
 
-
-def _run(code: str, platform: str | None) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "VERL_PLATFORM"}
-    if platform is not None:
-        env["VERL_PLATFORM"] = platform
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=240
-    )
+from tests.helpers.processes import run_python as _run
 
 
 def test_import_verl_with_verl_platform_cpu_registers_the_backend():

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_moe import FAMILIES, random_routes_idx, tiny_batch, tiny_config, tiny_model, token_logprobs
+from verl_stable.routing import Routes, RoutingReplay, spec_from_config
+from verl_stable.routing.hf import ADAPTERS, moe_layers_from_config
 
-from verl_stable.routing import ADAPTERS, Routes, RoutingReplay, moe_layers_from_config, spec_from_config
+from tests.helpers import FAMILIES, random_routes_idx, tiny_batch, tiny_config, tiny_model, token_logprobs
 
 
 @pytest.fixture
@@ -115,8 +116,8 @@ def test_replay_other_routes_uses_them_with_family_weights(family, batch):
         torch.testing.assert_close(seen["weights"][layer].float(), expected.float(), rtol=1e-5, atol=1e-6)
     # random routes mostly disagree with what the model would pick; the helper must see that
     agreement = state.agreement()
-    assert agreement["tokens"].tolist() == [float(batch.numel())] * spec.num_layers
-    assert (agreement["token_match"] < 0.9).all()
+    assert agreement.tokens.tolist() == [float(batch.numel())] * spec.num_layers
+    assert (agreement.agreement < 0.9).all()
 
 
 @pytest.mark.parametrize("family", FAMILIES)

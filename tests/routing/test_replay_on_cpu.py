@@ -7,9 +7,16 @@ import copy
 
 import pytest
 import torch
-from tiny_moe import VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
-
 from verl_stable.routing import Routes, RoutingReplay, concat, pack, route_agreement
+
+from tests.helpers import VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
+
+
+def _assert_agreement_is_offline(agree, native: Routes, replayed: Routes) -> None:
+    """What a replay context measured equals comparing the routers' own routes with the replayed ones offline."""
+    offline = route_agreement(native, replayed)
+    for key in ("agreement", "expert_overlap", "tokens_mismatch_any_layer"):
+        torch.testing.assert_close(getattr(agree, key), getattr(offline, key), rtol=0, atol=1e-6)
 
 
 def _routes_of(model, rr, input_ids, **kw):
@@ -39,14 +46,14 @@ def test_r2_same_theta_bit_identical_then_restores_drifted_routes():
     opt.step()
     opt.zero_grad()
     drifted = _routes_of(model, rr, x)
-    assert route_agreement(drifted, routes)["token_match"].min() < 1.0
+    assert route_agreement(drifted, routes).agreement.min() < 1.0
 
     # with replay, forward and backward use exactly the recorded experts, and the routers still learn
     with ExpertTap(model, rr) as tap, rr.replay(routes, track_agreement=True) as state:
         token_logprobs(model, x).mean().backward()
     for layer, calls in enumerate(tap.calls):
         assert all(torch.equal(c, routes.layer(layer)) for c in calls)
-    assert (state.agreement()["token_match"] < 1.0).any()  # the drift the replay undid, measured per layer
+    assert (state.agreement().agreement < 1.0).any()  # the drift the replay undid, measured per layer
     for site in rr.sites:
         assert site.module.weight.grad.abs().sum() > 0
 
@@ -60,7 +67,7 @@ def test_r3_training_uses_rollout_routes_exactly():
 
     rr = RoutingReplay(train)
     native = _routes_of(train, rr, x)
-    mismatch = route_agreement(native, rollout_routes)["any_layer_mismatch"]
+    mismatch = route_agreement(native, rollout_routes).tokens_mismatch_any_layer
     assert mismatch > 0  # the train-inference route mismatch R3 removes
 
     with ExpertTap(train, rr) as tap, rr.replay(rollout_routes, track_agreement=True) as state, rr.record() as used:
@@ -70,10 +77,8 @@ def test_r3_training_uses_rollout_routes_exactly():
         assert torch.equal(calls[0], rollout_routes.layer(layer))
     # the helper reports the same mismatch as comparing routes offline
     agree = state.agreement()
-    offline = route_agreement(native, rollout_routes)
-    for key in ("token_match", "expert_overlap", "any_layer_mismatch"):
-        torch.testing.assert_close(agree[key], offline[key], rtol=0, atol=1e-6)
-    assert agree["missing_rows"] == 0
+    _assert_agreement_is_offline(agree, native, rollout_routes)
+    assert agree.without_route == 0
 
 
 # ------------------------------------------------------------------ gradient checkpointing
@@ -127,11 +132,7 @@ def test_queue_one_routes_per_forward_and_count_checks():
     for layer, calls in enumerate(tap.calls):
         assert [torch.equal(c, r.layer(layer)) for c, r in zip(calls, routes)] == [True, True]
     # agreement pools both forwards: equal to comparing the concatenated routes offline
-    native = concat([_routes_of(model, rr, x) for x in xs])
-    offline = route_agreement(native, concat(routes))
-    agree = state.agreement()
-    for key in ("token_match", "expert_overlap", "any_layer_mismatch"):
-        torch.testing.assert_close(agree[key], offline[key], rtol=0, atol=1e-6)
+    _assert_agreement_is_offline(state.agreement(), concat([_routes_of(model, rr, x) for x in xs]), concat(routes))
 
     with pytest.raises(ValueError, match="2 Routes .* ran 1 forwards"):
         with rr.replay(routes):
@@ -141,6 +142,58 @@ def test_queue_one_routes_per_forward_and_count_checks():
             for x in [*xs, xs[0]]:
                 token_logprobs(model, x)
     assert not rr.active
+
+
+def test_push_one_routes_per_micro_batch_in_one_context():
+    """A training loop's protocol: one replay context per batch, each micro-batch pushes its Routes before its
+    forward; its backward (with checkpoint recompute) replays them; agreement covers the whole batch."""
+    model = tiny_model("qwen3_moe").train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    rr = RoutingReplay(model)
+    spec = rr.spec
+    xs = [torch.randint(0, VOCAB, (2, n), generator=torch.Generator().manual_seed(n)) for n in (5, 7, 3)]
+    routes = [Routes.from_indices(random_routes_idx(x.numel(), spec.num_layers, 8, spec.top_k), 8) for x in xs]
+    with ExpertTap(model, rr) as tap, rr.replay(track_agreement=True) as state:
+        for x, r in zip(xs, routes):
+            state.push(r)
+            token_logprobs(model, x).sum().backward()
+    for layer, calls in enumerate(tap.calls):
+        expected = [r.layer(layer) for r in routes for _ in range(2)]  # forward + recompute, per micro-batch
+        assert len(calls) == len(expected) and all(torch.equal(c, e) for c, e in zip(calls, expected))
+    _assert_agreement_is_offline(state.agreement(), concat([_routes_of(model, rr, x) for x in xs]), concat(routes))
+
+    with pytest.raises(ValueError, match="1 Routes .* forward #2"):
+        with rr.replay() as state:
+            state.push(routes[0])
+            token_logprobs(model, xs[0])
+            token_logprobs(model, xs[1])
+    with pytest.raises(RuntimeError, match="push"):
+        with rr.replay(routes[0]) as state:
+            state.push(routes[1])
+    assert not rr.active
+
+
+def test_record_native_is_each_routers_own_choice():
+    """``record(native=True)``: without replay the routers' own top-k is what they used; under replay it is
+    what each would have picked given the replayed earlier layers (not the replayed ids)."""
+    model = tiny_model("deepseek_v3")
+    rr = RoutingReplay(model)
+    spec = rr.spec
+    x = torch.randint(0, VOCAB, (2, 6), generator=torch.Generator().manual_seed(3))
+    with rr.record(native=True) as rec, torch.no_grad():
+        model(input_ids=x)
+    assert rec.native[0].equal(rec.routes[0])
+    forced = Routes.from_indices(random_routes_idx(x.numel(), spec.num_layers, 8, spec.top_k), 8)
+    with rr.replay(forced), rr.record(native=True) as rec, torch.no_grad():
+        model(input_ids=x)
+    assert rec.routes[0].equal(forced)
+    # layer 0 sees the same input with or without replay: its own choice is the unreplayed route
+    assert torch.equal(rec.native[0].layer(0), _routes_of(model, rr, x).layer(0))
+    assert route_agreement(rec.native[0], forced).tokens_mismatch_any_layer > 0
+    with rr.record() as plain, torch.no_grad():
+        model(input_ids=x)
+    with pytest.raises(RuntimeError, match="native=True"):
+        plain.native
 
 
 def test_record_collects_one_routes_per_forward_in_router_token_order():
@@ -189,8 +242,8 @@ def test_rows_without_route_are_routed_natively():
     with ExpertTap(model, rr) as tap, rr.replay(forced, track_agreement=True) as state, torch.no_grad():
         model(input_ids=x)
     agree = state.agreement()
-    assert agree["tokens"].tolist() == [float(valid.sum())] * spec.num_layers  # only replayed rows count
-    assert agree["missing_rows"] == float((~valid).sum())
+    assert agree.tokens.tolist() == [float(valid.sum())] * spec.num_layers  # only replayed rows count
+    assert agree.without_route == float((~valid).sum())
     for layer, calls in enumerate(tap.calls):
         assert torch.equal(calls[0][valid], forced.layer(layer)[valid])
         assert torch.equal(calls[0][~valid], native.layer(layer)[~valid])
@@ -254,6 +307,6 @@ def test_generate_records_rollout_routes_like_an_engine(family):
     assert rollout.num_tokens == out.numel()
     assert rollout.valid_mask().view(3, 11)[:, -1].tolist() == [False] * 3
     training = _routes_of(model, rr, out)
-    assert route_agreement(rollout, training)["any_layer_mismatch"] == 0
+    assert route_agreement(rollout, training).tokens_mismatch_any_layer == 0
     with rr.replay(rollout):
         assert torch.equal(token_logprobs(model, out), token_logprobs(tiny_model(family), out))

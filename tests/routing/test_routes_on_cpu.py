@@ -7,9 +7,10 @@ import base64
 import numpy as np
 import pytest
 import torch
-from tiny_moe import random_routes_idx
+from verl_stable.routing import RouteSpec, Routes, route_agreement
+from verl_stable.routing.routes import compact_dtype
 
-from verl_stable.routing import RouteSpec, Routes, compact_dtype, route_agreement
+from tests.helpers import random_routes_idx
 
 # A DeepSeek-like layout: decoder layers 0 and 2 dense, MoE at 1, 3, 4.
 SPEC = RouteSpec(num_experts=16, top_k=3, moe_layers=(1, 3, 4), num_hidden_layers=5)
@@ -86,9 +87,9 @@ def test_route_agreement_closed_form():
     b = Routes.from_indices(torch.tensor([[[1, 0]], [[2, 4]], [[6, 7]], [[6, 7]]]), 8)
     agree = route_agreement(a, b)
     # token 0: same set in another order; token 1: one of two shared; token 2: none; token 3: same
-    torch.testing.assert_close(agree["token_match"], torch.tensor([0.5]))
-    torch.testing.assert_close(agree["expert_overlap"], torch.tensor([(1 + 0.5 + 0 + 1) / 4]))
-    torch.testing.assert_close(agree["any_layer_mismatch"], torch.tensor(0.5))
+    torch.testing.assert_close(agree.agreement, torch.tensor([0.5]))
+    torch.testing.assert_close(agree.expert_overlap, torch.tensor([(1 + 0.5 + 0 + 1) / 4]))
+    torch.testing.assert_close(agree.tokens_mismatch_any_layer, torch.tensor(0.5))
 
 
 # ------------------------------------------------------------------ error paths

@@ -1,12 +1,13 @@
 """Fixtures for tests/routing_fsdp: one gloo process group and one tiny Qwen3-MoE per session
-(helpers in ``_harness``)."""
+(helpers in ``tests.helpers.engine``, which also selects verl-stable's CPU platform before verl is imported)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-from _harness import free_port, save_tiny_moe
+from tests.helpers.engine import free_port
+from tests.helpers.models import save_tiny_moe
 
 
 @pytest.fixture(scope="session")
@@ -16,10 +17,10 @@ def process_group():
 
     import verl  # noqa: F401  (loads verl_stable.plugin: the CPU platform)
     from verl_stable.cpu import activate_if_requested
-    from verl_stable.routing.fsdp import install
+    from verl_stable.routing.fsdp import register_replay_engines
 
     activate_if_requested()
-    install()
+    register_replay_engines()  # idempotent: the plugin did it when the CPU backend imported verl's FSDP engine
     created = False
     if not dist.is_initialized():
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1",

@@ -12,7 +12,7 @@ import tempfile
 
 PLATFORM = os.environ.get("SMOKE_PLATFORM", "nvidia")  # "cpu" to dry-run this script here
 os.environ["VERL_PLATFORM"] = PLATFORM
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -20,22 +20,22 @@ import torch.distributed as dist  # noqa: E402
 
 def main() -> None:
     import verl  # noqa: F401
-    from _harness import (
+    from tests.helpers.engine import (
         free_port,
         hf_reference,
         make_batch,
         make_engine,
         ppo_loss_fn,
         random_routes,
-        save_tiny_moe,
         set_engine_keys,
     )
+    from tests.helpers.models import save_tiny_moe
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import no_padding_2_padding
 
-    from verl_stable.routing.fsdp import install
+    from verl_stable.routing.fsdp import register_replay_engines
 
-    install()
+    register_replay_engines()  # idempotent: verl_stable.plugin registers when verl imports its FSDP engine
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
     if PLATFORM == "nvidia":
         torch.cuda.set_device(0)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _harness import (
+
+from tests.helpers.engine import (
     NUM_LAYERS,
     engine_state_dict,
     hf_reference,
@@ -132,14 +133,14 @@ def test_r3_replays_supplied_routes_on_their_tokens(process_group, tiny_moe_path
     from verl.workers.engine.utils import prepare_micro_batches
 
     from verl_stable.routing import Routes, unpack
-    from verl_stable.routing.fsdp import padded_mask
+    from verl_stable.routing.routes import padded_mask
 
     engine = make_engine(tiny_moe_path, mode="R3", use_remove_padding=use_remove_padding,
                          use_dynamic_bsz=use_dynamic_bsz, pad_to_length=pad_to_length)
     routes = random_routes(6, 16)
     td, padded = make_batch(routes=routes)
     set_engine_keys(td, engine)
-    rr = engine._routing_replay()
+    rr = engine.routing_replay
     # Record, around the engine's own replay, the experts every MoE layer actually used (per micro-batch).
     with engine.eval_mode(), rr.record() as rec:
         out = engine.infer_batch(td)
@@ -271,7 +272,7 @@ def test_missing_routes_are_clear_errors(process_group, tiny_moe_path):
     with engine.eval_mode(), pytest.raises(ValueError, match="layers"):
         engine.infer_batch(td)
     # After an error no replay context is left open on the model.
-    assert not engine._routing_replay().active
+    assert not engine.routing_replay.active
 
 
 def test_disabled_mode_is_the_stock_engine(process_group, tiny_moe_path):
@@ -320,7 +321,7 @@ def test_r3_deepseek_v3_with_a_dense_first_layer(process_group, tmp_path):
     """DeepSeek-V3 routes through ``route_tokens_to_experts`` (sigmoid scores, group limit, correction bias)
     and its first layer is dense. Rollout routes indexed by all 3 decoder layers (as vLLM returns them) are
     narrowed to the 2 MoE layers and replayed on their tokens."""
-    from _harness import save_tiny_deepseek_v3
+    from tests.helpers.models import save_tiny_deepseek_v3
 
     path = save_tiny_deepseek_v3(str(tmp_path / "tiny_dsv3"))
     engine = make_engine(path, mode="R3", use_remove_padding=True, use_dynamic_bsz=True)

@@ -1,6 +1,6 @@
 """Property tests: routes stay on their tokens through everything verl's FSDP engine does to a batch before
-the model sees it, and recorded routes come back to their tokens (no model: the engine mixin's layout steps
-with verl's own micro-batching, dynamic-batch re-ordering and output restoring).
+the model sees it, and recorded routes come back to their tokens (no model: the engine's per-micro-batch
+layout, ``MicroBatchLayout``, with verl's own micro-batching, dynamic-batch re-ordering and output restoring).
 
 Every token's route encodes the token's identity (its value in ``input_ids``), so a route on the wrong token
 is detected wherever it ends up.
@@ -28,14 +28,12 @@ def decode(routes: torch.Tensor) -> torch.Tensor:
 
 
 class _Layout:
-    """The engine state the mixin's layout steps read, with verl's own pad-size / unpad methods."""
+    """The engine state ``MicroBatchLayout.of`` reads, with verl's own pad-size / unpad methods."""
 
     def __new__(cls, pad_to_length: bool):
         from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
 
-        from verl_stable.routing.fsdp import RoutingReplayEngineMixin
-
-        class Layout(RoutingReplayEngineMixin):
+        class Layout:
             ulysses_sequence_parallel_size = 1
             use_ulysses_sp = False
             pad_to_length_bucket = 8
@@ -62,7 +60,7 @@ def test_routes_follow_tokens_through_micro_batching_and_back(lengths, use_remov
     from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batches
 
     from verl_stable.routing import Routes, RouteSpec
-    from verl_stable.routing.fsdp import ROUTES_KEY, padded_mask
+    from verl_stable.routing.fsdp import ROUTES_KEY, MicroBatchLayout
 
     spec = RouteSpec(num_experts=E, top_k=K, moe_layers=(0, 1), num_hidden_layers=L)
     nnz = sum(lengths)
@@ -84,17 +82,19 @@ def test_routes_follow_tokens_through_micro_batching_and_back(lengths, use_remov
     outputs = []
     for mb in micro_batches:
         ids = mb["input_ids"]
-        layout = {"use_rmpad": use_remove_padding, "input_ids": ids}
         if use_remove_padding:
             # What prepare_model_inputs feeds the model: packed ids + the static bucket pad.
-            layout["pad_size"] = eng._get_packed_pad_size(ids.values().numel())
-            model_ids = torch.nn.functional.pad(ids.values(), (0, layout["pad_size"]))
+            pad_size = eng._get_packed_pad_size(ids.values().numel())
+            model_ids = torch.nn.functional.pad(ids.values(), (0, pad_size))
+            model_inputs, output_args = {"input_ids": model_ids.unsqueeze(0)}, {"pad_size": pad_size}
         else:
-            layout["mask"] = padded_mask(ids)
-            model_ids = torch.nested.to_padded_tensor(ids, padding=0).flatten()
-        layout["rows"] = model_ids.numel()
+            padded_ids = torch.nested.to_padded_tensor(ids, padding=0)
+            model_ids = padded_ids.flatten()
+            model_inputs, output_args = {"input_ids": padded_ids}, {}
+        layout = MicroBatchLayout.of(eng, mb, model_inputs, output_args)
+        assert layout.rows == model_ids.numel()
 
-        rows = eng._rr_model_rows(mb, layout, spec)
+        rows, _ = layout.routes_for_model(mb[ROUTES_KEY], spec)
         assert rows.num_tokens == model_ids.numel()
         real = model_ids > 0  # pad positions (static pad / padded batch) hold id 0
         assert torch.equal(rows.valid_mask(), real)
@@ -102,7 +102,7 @@ def test_routes_follow_tokens_through_micro_batching_and_back(lengths, use_remov
 
         # A recording in model-input order (pad rows: whatever the router picked) maps back to the tokens.
         recorded = Routes(encode(model_ids).to(spec.dtype), E)
-        outputs.append({"model_output": {ROUTES_KEY: eng._rr_recorded_to_nested(recorded, layout)}})
+        outputs.append({"model_output": {ROUTES_KEY: layout.recorded_to_nested(recorded)}})
 
     # verl undoes its dynamic-batch re-ordering on outputs: every route is back on its token.
     restored = postprocess_batch_func(outputs, indices, td)["model_output"][ROUTES_KEY]

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import torch
+
+from tests.hydra_configs import compose as _compose
 
 BASE = ["algorithm=minirl", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"]
 
 
 def compose(overrides):
-    """tests/conftest.py's compose(); imported by path because this directory's conftest shadows the name."""
-    spec = importlib.util.spec_from_file_location("_top_conftest", Path(__file__).resolve().parents[1] / "conftest.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.compose(overrides=overrides)
+    return _compose(overrides=overrides)
 
 
 @pytest.mark.parametrize("mode,route_return", [("R2", False), ("R3", True)])
@@ -84,7 +79,7 @@ def _loop_agreement(native, replayed, valid):
 
 
 def test_agreement_counts_match_a_loop_and_merge_exactly():
-    from verl_stable.diagnostics import agreement_counts, counts_to_metrics, merge_counts
+    from verl_stable.diagnostics import count_agreement
 
     g = torch.Generator().manual_seed(0)
     T, L, E, K = 40, 3, 6, 2
@@ -95,18 +90,18 @@ def test_agreement_counts_match_a_loop_and_merge_exactly():
     replayed = replayed.flip(-1)  # order within the top-k must not matter
     valid = torch.rand(T, generator=g) > 0.2
 
-    c = agreement_counts(native, replayed, valid)
+    c = count_agreement(native, replayed, valid)
     n, same, shared, any_mismatch = _loop_agreement(native, replayed, valid)
-    assert c["tokens"].tolist() == [n] * L and c["missing"] == T - n
-    torch.testing.assert_close(c["same_set"], same, rtol=0, atol=0)
-    torch.testing.assert_close(c["shared"], shared, rtol=1e-12, atol=0)
-    assert c["any_mismatch"] == any_mismatch
+    assert c.tokens.tolist() == [n] * L and c.without_route == T - n
+    torch.testing.assert_close(c.same_set, same, rtol=0, atol=0)
+    torch.testing.assert_close(c.shared, shared, rtol=1e-12, atol=0)
+    assert c.mismatch_any_layer == any_mismatch
 
     # Two micro-batches merge to the counts of the whole batch.
-    a = agreement_counts(native[:15], replayed[:15], valid[:15])
-    b = agreement_counts(native[15:], replayed[15:], valid[15:])
-    m = counts_to_metrics(merge_counts(merge_counts(None, a), b))
-    whole = counts_to_metrics(c)
+    a = count_agreement(native[:15], replayed[:15], valid[:15])
+    b = count_agreement(native[15:], replayed[15:], valid[15:])
+    m = (a + b).to_metrics()
+    whole = c.to_metrics()
     assert m.keys() == whole.keys()
     for k in m:
         assert m[k] == pytest.approx(whole[k], rel=1e-12)
@@ -116,8 +111,8 @@ def test_agreement_counts_match_a_loop_and_merge_exactly():
 
 
 def test_metrics_without_comparable_tokens_are_nan_free():
-    from verl_stable.diagnostics import agreement_counts, counts_to_metrics
+    from verl_stable.diagnostics import count_agreement
 
     x = torch.zeros(4, 2, 2, dtype=torch.long)
-    m = counts_to_metrics(agreement_counts(x, x, torch.zeros(4, dtype=torch.bool)))
+    m = count_agreement(x, x, torch.zeros(4, dtype=torch.bool)).to_metrics()
     assert m == {"routing/tokens_without_route": 1.0}

@@ -1,5 +1,6 @@
-"""Routes under Ulysses sequence parallelism (2 gloo processes): the FSDP engine mixin's pad + slice of the
-replayed routes, and the gather + unpad of recorded ones, against verl's own Ulysses functions.
+"""Routes under Ulysses sequence parallelism (2 gloo processes): the FSDP engine's pad + slice of the
+replayed routes, and the gather + unpad of recorded ones (``MicroBatchLayout``), against verl's own Ulysses
+functions.
 
 A full SP forward needs flash-attn (verl's Ulysses attention patch), which CPUs lack; the routes' side of
 it is pure layout, checked here with the engine's real helpers: every token carries a route that encodes its
@@ -32,11 +33,9 @@ def _worker(rank: int, world: int, port: int, result_dir: str):
         from verl.utils.ulysses import set_ulysses_sequence_parallel_group
         from verl.workers.engine.fsdp.transformer_impl import FSDPEngine
 
-        from verl_stable.routing.fsdp import RoutingReplayEngineMixin
-
         set_ulysses_sequence_parallel_group(dist.new_group([0, 1]))
 
-        class Layout(RoutingReplayEngineMixin):
+        class Layout:
             """Only the engine state the layout helpers read (verl's own pad-size and gather methods)."""
 
             ulysses_sequence_parallel_size = world
@@ -56,6 +55,7 @@ def _check_layout(eng, pad_to_length: bool, world: int, rank: int, result_dir: s
     from verl.utils.ulysses import ulysses_pad_and_slice_inputs
 
     from verl_stable.routing import Routes, RouteSpec
+    from verl_stable.routing.fsdp import MicroBatchLayout
 
     eng.pad_to_length = pad_to_length
     spec = RouteSpec(num_experts=E, top_k=K, moe_layers=tuple(range(L)), num_hidden_layers=L)
@@ -71,18 +71,20 @@ def _check_layout(eng, pad_to_length: bool, world: int, rank: int, result_dir: s
     positions = torch.nn.functional.pad(torch.arange(nnz).unsqueeze(0), (0, static), value=-1)
     local_pos, _, sp_pad = ulysses_pad_and_slice_inputs(positions, sp_size=world, pad_value=-1)
     local_pos = local_pos.squeeze(0)
-    layout = {"use_rmpad": True, "input_ids": input_ids, "pad_size": static + sp_pad}
+    micro_batch = {"input_ids": input_ids, "routed_experts": routes}  # remove-padding on (verl's default)
+    layout = MicroBatchLayout.of(eng, micro_batch, {"input_ids": local_pos.unsqueeze(0)}, {"pad_size": static + sp_pad})
+    assert (layout.static_pad, layout.sp_rank) == (static, rank)
 
-    local = eng._rr_model_rows({"routed_experts": routes}, layout, spec)
+    local, missing = layout.routes_for_model(routes, spec)
     assert local.num_tokens == local_pos.numel()
     real = local_pos >= 0
     assert torch.equal(local.valid_mask(), real)  # pad rows carry no route: routed natively
     assert torch.equal(local.experts[real].long(), _route_of(local_pos[real]))
-    assert layout["missing"] == 0
+    assert missing == 0
 
     # Recording: each rank's routers see its slice; the gather + unpad rebuilds the global nested routes.
     recorded_local = Routes(_route_of(local_pos.clamp_min(0)).to(spec.dtype), E)
-    back = eng._rr_recorded_to_nested(recorded_local, {**layout, "rows": local_pos.numel()})
+    back = layout.recorded_to_nested(recorded_local)
     assert torch.equal(back.offsets(), input_ids.offsets())
     assert torch.equal(back.values(), routes.values())
     result = {"ok": True, "static": static, "sp_pad": sp_pad}

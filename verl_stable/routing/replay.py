@@ -13,22 +13,26 @@ tokens in packed order; under Ulysses SP, this rank's slice of the padded packed
 Routes have exactly these rows, and replayed Routes must (``routes.py`` moves routes between layouts).
 
 Forwards. A forward starts when ``model`` itself is called (a forward pre-hook on it). ``replay(routes)``
-with one Routes applies it to every forward inside; with a sequence of Routes, forward i uses routes[i]
-and a clean exit checks that every entry was used. Gradient-checkpoint recompute in backward re-fires the
-routers without a new model call, so it replays the routes of the latest forward: run each micro-batch's
-backward before the next micro-batch's forward (verl's loop does), or simply re-enter ``replay`` per
-micro-batch. Inside ``record`` a recompute replays what the forward recorded.
+with one Routes applies it to every forward inside; with a sequence of Routes, forward i uses routes[i];
+with none, a training loop ``push``-es each micro-batch's Routes before its forward (one context per batch):
+
+    with rr.replay(track_agreement=True) as state:
+        for mb in micro_batches:
+            state.push(routes_of(mb)); loss = f(model(**mb)); loss.backward()
+    state.agreement()                         # counts over the whole batch
+
+A clean exit checks that every forward had its Routes and every Routes its forward. Gradient-checkpoint
+recompute in backward re-fires the routers without a new model call, so it replays the routes of the latest
+forward: run each micro-batch's backward before the next micro-batch's forward (verl's loop does). Inside
+``record`` a recompute replays what the forward recorded.
 
 Hooks exist only while a context is open; outside, the model is the stock model, bit for bit. Inside
 ``record`` the gate weights are recomputed from the chosen ids by the family rule, which is bit-identical
 to the stock weights (and gives the checkpoint recompute the same graph). Other models (a reference
 policy, an SFT model) are never touched.
 
-Layout recipe for verl's FSDP engine (packed input): ``routes = Routes.from_engine(mb["routed_experts"]
-.values(), spec)`` (or ``pack(Routes.from_verl_batch(...), attention_mask)``), then ``.pad_tokens(n)`` for
-a bucket pad appended to the packed sequence, then ``ulysses_pad_and_slice(routes, sp_size, sp_rank)``:
-the same steps, in the same order, that the engine applies to ``input_ids_rmpad``. A recording under SP
-holds this rank's slice; concatenate the ranks' slices and ``narrow(0, 0, nnz)`` to strip the pad.
+Layouts: ``routes.py`` has the ones verl's FSDP engine applies to its model input (``Routes.from_nested``,
+``model_input_rows``, ``strip_model_input_pad``); ``verl_stable.routing.fsdp`` applies them per micro-batch.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from verl_stable.diagnostics import layer_agreement
+from verl_stable.diagnostics import AgreementCounter, AgreementCounts
 from verl_stable.routing.hf import RouterSite, find_routers, route_spec
 from verl_stable.routing.routes import RouteSpec, Routes, compact_dtype
 
@@ -48,60 +52,90 @@ __all__ = ["RoutingReplay", "Recording", "ReplayState"]
 
 class Recording:
     """What ``RoutingReplay.record()`` collected: ``routes[i]`` is the i-th forward's Routes
-    (``[tokens, moe_layers, top_k]``, tokens in the order the routers saw them, on the model's device)."""
+    (``[tokens, moe_layers, top_k]``, tokens in the order the routers saw them, on the model's device): the
+    experts each MoE layer used. With ``record(native=True)``, ``native[i]`` holds what each router picked
+    itself in that forward (its own top-k given its input; under ``replay`` that input follows the replayed
+    earlier layers)."""
 
-    def __init__(self, spec: RouteSpec):
+    def __init__(self, spec: RouteSpec, native: bool = False):
         self.spec = spec
+        self._keep_native = native
         self._forwards: list[list[Optional[torch.Tensor]]] = []
+        self._native: list[list[Optional[torch.Tensor]]] = []
 
     def _start_forward(self) -> None:
         self._forwards.append([None] * self.spec.num_layers)
+        if self._keep_native:
+            self._native.append([None] * self.spec.num_layers)
 
-    def _current(self) -> list[Optional[torch.Tensor]]:
+    def _slots(self) -> tuple[list[Optional[torch.Tensor]], Optional[list[Optional[torch.Tensor]]]]:
         if not self._forwards:  # a router fired outside a call of the bound model: count it as one forward
             self._start_forward()
-        return self._forwards[-1]
+        return self._forwards[-1], (self._native[-1] if self._keep_native else None)
 
     @property
     def num_forwards(self) -> int:
         return len(self._forwards)
 
+    def _assemble(self, forwards: list[list[Optional[torch.Tensor]]], i: int) -> Routes:
+        layers = forwards[i]
+        missing = [self.spec.moe_layers[j] for j, t in enumerate(layers) if t is None]
+        if missing:
+            raise RuntimeError(f"forward {i} inside record() never reached the routers of decoder layers {missing}")
+        return Routes(torch.stack(layers, dim=1), self.spec.num_experts)
+
+    def forward_routes(self, i: int) -> Routes:
+        """Routes of forward ``i`` (negative: from the end), without assembling the others."""
+        return self._assemble(self._forwards, range(len(self._forwards))[i])
+
     @property
     def routes(self) -> list[Routes]:
-        out = []
-        for i, layers in enumerate(self._forwards):
-            missing = [self.spec.moe_layers[j] for j, t in enumerate(layers) if t is None]
-            if missing:
-                raise RuntimeError(f"forward {i} inside record() never reached the routers of decoder layers {missing}")
-            out.append(Routes(torch.stack(layers, dim=1), self.spec.num_experts))
-        return out
+        return [self._assemble(self._forwards, i) for i in range(len(self._forwards))]
+
+    @property
+    def native(self) -> list[Routes]:
+        if not self._keep_native:
+            raise RuntimeError("Recording.native needs record(native=True)")
+        return [self._assemble(self._native, i) for i in range(len(self._native))]
 
 
 class ReplayState:
-    """The live state of one ``replay()`` context; yielded by it. ``agreement()`` reports, per MoE layer,
-    how often the experts the model would have picked itself equal the replayed ones (enable with
-    ``track_agreement=True``): the train-inference route mismatch under R3, the drift since recording under R2."""
+    """The live state of one ``replay()`` context; yielded by it.
 
-    def __init__(self, routes: Union[Routes, Sequence[Routes]], spec: RouteSpec, track_agreement: bool):
-        single = isinstance(routes, Routes)
-        self._queue: list[Routes] = [routes] if single else list(routes)
-        if not self._queue:
-            raise ValueError("replay() needs at least one Routes")
-        for i, r in enumerate(self._queue):
-            r.check(spec, what=f"replayed routes[{i}]")
-        self._single = single
+    Which Routes a forward uses: one Routes for every forward, or one per forward in order, given up front or
+    :meth:`push`-ed before each forward (a training loop that lays out each micro-batch's routes as it goes).
+    A gradient-checkpoint recompute replays the routes of the latest forward.
+
+    With ``track_agreement=True``, :meth:`agreement` reports how often the experts the model would have picked
+    itself equal the replayed ones (:class:`verl_stable.diagnostics.AgreementCounts`): the train-inference
+    route mismatch under R3, the drift since recording under R2."""
+
+    def __init__(self, routes: Union[Routes, Sequence[Routes], None], spec: RouteSpec, track_agreement: bool):
         self.spec = spec
+        self._single = isinstance(routes, Routes)
+        self._queue: list[Routes] = []
+        if routes is None:
+            pass  # pushed per forward
+        else:
+            queue = [routes] if self._single else list(routes)
+            if not queue:
+                raise ValueError("replay() needs at least one Routes (or none at all, then push() one per forward)")
+            for r in queue:
+                self._append(r)
         self.num_forwards = 0
         self._current: Optional[Routes] = None
         self._fired: set[int] = set()
-        self._track = track_agreement
-        # per layer: [tokens with the same expert set, shared-expert fraction summed, tokens]; kept on the
-        # model's device so tracking never forces a host sync inside the forward
-        self._stats: Optional[torch.Tensor] = None
-        # per-token "differs in at least one layer" of the running forward, folded into _tokens at its end:
-        # [tokens differing somewhere, valid tokens, rows without a route]
-        self._differs: Optional[torch.Tensor] = None
-        self._tokens = torch.zeros(3, dtype=torch.float64)
+        self._counter = AgreementCounter(spec.num_layers) if track_agreement else None
+
+    def _append(self, routes: Routes) -> None:
+        routes.check(self.spec, what=f"replayed routes[{len(self._queue)}]")
+        self._queue.append(routes)
+
+    def push(self, routes: Routes) -> None:
+        """Queue ``routes`` for the next forward that has none yet (in the order pushed)."""
+        if self._single:
+            raise RuntimeError("push() on a replay() given one Routes for every forward")
+        self._append(routes)
 
     def _start_forward(self) -> None:
         if not self._single and self.num_forwards >= len(self._queue):
@@ -109,10 +143,19 @@ class ReplayState:
                 f"replay() was given {len(self._queue)} Routes (one per forward) but the model ran forward "
                 f"#{self.num_forwards + 1}"
             )
-        self._fold_forward()
+        self._end_forward()
         self._current = None
         self._fired = set()
         self.num_forwards += 1
+
+    def _end_forward(self) -> None:
+        if self._counter is not None and self.num_forwards:
+            if len(self._fired) != self.spec.num_layers:
+                raise RuntimeError(
+                    f"routing replay: only MoE layers {sorted(self._fired)} of {self.spec.num_layers} were replayed "
+                    f"in forward #{self.num_forwards}"
+                )
+            self._counter.end_forward()
 
     def _routes_for_this_forward(self, device: torch.device) -> Routes:
         if self.num_forwards == 0:
@@ -134,36 +177,11 @@ class ReplayState:
         idx = routes.layer(layer)
         if routes.valid is not None:
             idx = torch.where(routes.valid[:, None], idx, native)
-        first_fire = layer not in self._fired
+        # First firing per layer and forward only: a checkpoint recompute is not double-counted.
+        if self._counter is not None and layer not in self._fired:
+            self._counter.add_layer(layer, native, idx, routes.valid)
         self._fired.add(layer)
-        if self._track and first_fire:
-            self._accumulate(layer, native, idx, routes.valid)
         return idx
-
-    @torch.no_grad()
-    def _accumulate(self, layer: int, native: torch.Tensor, idx: torch.Tensor, valid: Optional[torch.Tensor]) -> None:
-        if self._stats is None:
-            self._stats = torch.zeros(self.spec.num_layers, 3, dtype=torch.float64, device=native.device)
-        weight = torch.ones(native.shape[0], dtype=torch.float64, device=native.device)
-        if valid is not None:
-            weight = valid.to(torch.float64)  # masked, not indexed: boolean indexing would sync
-        same, shared = layer_agreement(native, idx)
-        self._stats[layer, 0] += (same * weight).sum()
-        self._stats[layer, 1] += (shared * weight).sum()
-        self._stats[layer, 2] += weight.sum()
-        differs = ~same if valid is None else ~same & valid
-        if self._differs is None:
-            self._differs = differs
-            self._valid_rows = weight.sum()
-        else:
-            self._differs = self._differs | differs
-
-    def _fold_forward(self) -> None:
-        if self._differs is not None:
-            n = self._differs.shape[0]
-            folded = torch.stack([self._differs.sum().double(), self._valid_rows, n - self._valid_rows])
-            self._tokens = self._tokens + folded.cpu()
-            self._differs = None
 
     def _check_all_used(self) -> None:
         if not self._single and self.num_forwards != len(self._queue):
@@ -172,45 +190,16 @@ class ReplayState:
                 f"{self.num_forwards} forwards: micro-batches and routes are misaligned"
             )
 
-    def agreement_counts(self) -> dict:
-        """The sums behind :meth:`agreement` in :mod:`verl_stable.diagnostics`' count format (``tokens``,
-        ``same_set``, ``shared`` per layer; ``any_mismatch``), to merge exactly across micro-batches.
-        ``missing`` is left to the caller: which route-less rows are real tokens is a layout question.
-        Raises if the latest forward did not reach every MoE layer."""
-        if not self._track:
-            raise RuntimeError("agreement_counts() needs replay(..., track_agreement=True)")
-        if self.num_forwards and len(self._fired) != self.spec.num_layers:
-            raise RuntimeError(
-                f"routing replay: only MoE layers {sorted(self._fired)} of {self.spec.num_layers} were replayed in "
-                "this forward"
-            )
-        self._fold_forward()
-        stats = self._stats.cpu() if self._stats is not None else torch.zeros(self.spec.num_layers, 3, dtype=torch.float64)
-        return {
-            "tokens": stats[:, 2].clone(),
-            "same_set": stats[:, 0].clone(),
-            "shared": stats[:, 1].clone(),
-            "any_mismatch": int(self._tokens[0]),
-        }
-
-    def agreement(self) -> dict[str, torch.Tensor]:
-        """Per-layer ``token_match`` (fraction of tokens whose own top-k set equals the replayed set) and
-        ``expert_overlap`` (mean fraction of shared experts), over the valid tokens of every forward so far
-        (first firing per layer; recompute not double-counted); ``tokens``: the count per layer. Scalars:
-        ``any_layer_mismatch`` (fraction of valid tokens whose own choice differs in at least one layer; the
-        R3 paper's ~94% figure) and ``missing_rows`` (rows without a route, routed natively)."""
-        if not self._track:
+    def agreement(self) -> AgreementCounts:
+        """Agreement of each router's own top-k with the replayed experts over every forward so far (first
+        firing per layer; recompute not double-counted), as counts with their rates (``agreement``,
+        ``expert_overlap``, ``tokens_mismatch_any_layer``, ``tokens_without_route``). ``without_route`` counts
+        the rows without a route (routed natively), pad rows included. Raises if the latest forward did not
+        reach every MoE layer."""
+        if self._counter is None:
             raise RuntimeError("agreement() needs replay(..., track_agreement=True)")
-        self._fold_forward()
-        stats = self._stats.cpu() if self._stats is not None else torch.zeros(self.spec.num_layers, 3, dtype=torch.float64)
-        count = stats[:, 2]
-        return {
-            "token_match": (stats[:, 0] / count.clamp_min(1)).float(),
-            "expert_overlap": (stats[:, 1] / count.clamp_min(1)).float(),
-            "tokens": count.clone(),
-            "any_layer_mismatch": (self._tokens[0] / self._tokens[1].clamp_min(1)).float(),
-            "missing_rows": self._tokens[2].clone(),
-        }
+        self._end_forward()
+        return self._counter.counts()
 
 
 class RoutingReplay:
@@ -268,9 +257,12 @@ class RoutingReplay:
                 chosen = self._replaying.indices(layer, native)
             rec = self._recording
             if rec is not None:
-                slots = rec._current()
+                slots, native_slots = rec._slots()
                 if slots[layer] is None:
-                    slots[layer] = (native if chosen is None else chosen).detach().to(compact_dtype(self.spec.num_experts))
+                    dtype = compact_dtype(self.spec.num_experts)
+                    slots[layer] = (native if chosen is None else chosen).detach().to(dtype)
+                    if native_slots is not None:
+                        native_slots[layer] = native.detach().to(dtype)
                 elif chosen is None:
                     # A second firing in the same forward is a checkpoint recompute: make it use what was recorded.
                     if slots[layer].shape[0] != native.shape[0]:
@@ -290,11 +282,12 @@ class RoutingReplay:
 
     # ---------------------------------------------------------------- contexts
     @contextmanager
-    def record(self) -> Iterator[Recording]:
-        """Collect the experts every forward inside uses (the replayed ones when nested in ``replay``)."""
+    def record(self, *, native: bool = False) -> Iterator[Recording]:
+        """Collect the experts every forward inside uses (the replayed ones when nested in ``replay``), and with
+        ``native=True`` also what each router picked itself (``Recording.native``)."""
         if self._recording is not None:
             raise RuntimeError("record() is already active on this model")
-        rec = Recording(self.spec)
+        rec = Recording(self.spec, native=native)
         self._recording = rec
         try:
             self._install()
@@ -305,12 +298,15 @@ class RoutingReplay:
                 self._uninstall()
 
     @contextmanager
-    def replay(self, routes: Union[Routes, Sequence[Routes]], *, track_agreement: bool = False) -> Iterator[ReplayState]:
+    def replay(
+        self, routes: Union[Routes, Sequence[Routes], None] = None, *, track_agreement: bool = False
+    ) -> Iterator[ReplayState]:
         """Make every forward (and checkpoint recompute) inside use ``routes``' experts.
 
-        ``routes``: one Routes for all forwards inside, or a sequence with one Routes per forward, in order.
-        Each must match ``self.spec`` (ValueError otherwise) and have one row per token the routers see.
-        Keep the backward inside the context.
+        ``routes``: one Routes for all forwards inside, a sequence with one Routes per forward, in order, or
+        None: ``state.push(routes)`` one per forward before it runs. Each must match ``self.spec`` (ValueError
+        otherwise) and have one row per token the routers see. Keep the backward inside the context; a clean
+        exit checks that every forward had its Routes and every Routes its forward.
         """
         if self._replaying is not None:
             raise RuntimeError("replay() is already active on this model")

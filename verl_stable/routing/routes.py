@@ -24,8 +24,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
-from verl_stable.diagnostics import layer_agreement
-
 __all__ = [
     "RouteSpec",
     "Routes",
@@ -35,8 +33,10 @@ __all__ = [
     "unpack",
     "select_sequences",
     "ulysses_pad_and_slice",
-    "route_agreement",
     "generation_routes",
+    "padded_mask",
+    "model_input_rows",
+    "strip_model_input_pad",
 ]
 
 # The key names a user can fix in their model config, per question asked.
@@ -417,6 +417,40 @@ class Routes:
             raise ValueError(f"routes have {self.num_tokens} rows, not B*S = {batch_size}*{seq_len}: unpack() first")
         return self.experts.view(batch_size, seq_len, self.num_layers, self.top_k)
 
+    @classmethod
+    def from_nested(cls, routed: torch.Tensor, input_ids: torch.Tensor, spec: RouteSpec) -> "Routes":
+        """verl's per-token field ``batch["routed_experts"]`` in its engine layout, a nested ``[b, j, layers,
+        top_k]`` tensor (``left_right_2_no_padding`` makes it; the v1 agent loop stores it that way), as packed
+        Routes: one row per token of the nested ``input_ids``, in ``input_ids.values()`` order.
+
+        The layer axis may be the model's MoE layers or all decoder layers (rollout engines); all-zero rows
+        (verl's filler for tokens the rollout never routed) become rows without a route."""
+        if not getattr(routed, "is_nested", False):
+            raise ValueError(
+                "batch['routed_experts'] must be a nested per-token tensor aligned with the nested input_ids "
+                f"(verl's left_right_2_no_padding makes it one); got a dense tensor of shape {tuple(routed.shape)}"
+            )
+        want = input_ids.offsets().diff().cpu()
+        have = routed.offsets().diff().cpu()
+        if have.shape != want.shape or not torch.equal(have, want):
+            raise ValueError(
+                f"batch['routed_experts'] sequence lengths {have.tolist()} differ from input_ids lengths "
+                f"{want.tolist()}: routes must cover prompt + response of every sequence, token for token"
+            )
+        return cls.from_engine(routed.values(), spec)
+
+    def to_nested(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Packed routes (one row per token of the nested ``input_ids``) as the nested int16 ``[b, j, layers,
+        top_k]`` verl carries in ``batch["routed_experts"]``, sharing ``input_ids``' offsets (inverse of
+        :meth:`from_nested`)."""
+        if self.num_tokens != input_ids.values().shape[0]:
+            raise RuntimeError(
+                f"{self.num_tokens} route rows for {input_ids.values().shape[0]} tokens: the recorder did not see "
+                "every token exactly once"
+            )
+        values = self.experts.to(torch.int16)
+        return torch.nested.nested_tensor_from_jagged(values, offsets=input_ids.offsets().to(values.device))
+
 
 def _gather_rows(experts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """index_select on the token axis, moving each row as the widest word that divides it: a Qwen3-30B row
@@ -554,29 +588,43 @@ def ulysses_pad_and_slice(routes: Routes, sp_size: int, sp_rank: int) -> tuple[R
     return padded.narrow(sp_rank * chunk, chunk), pad_size
 
 
-def route_agreement(a: Routes, b: Routes) -> dict[str, torch.Tensor]:
-    """Per-MoE-layer agreement of two routings of the same tokens (order within a row ignored), over rows
-    valid in both. E.g. the experts training picks vs the rollout's (train-inference route mismatch), or
-    this step's vs the recorded ones (R2 drift).
+# ---------------------------------------------------------------- the model-input layouts of verl's FSDP engine
+def padded_mask(input_ids: torch.Tensor) -> torch.Tensor:
+    """The right-padded ``[b, max_len]`` attention mask verl's engine builds from nested ``input_ids`` when
+    remove-padding is off: row ``i*max_len + s`` of the model input is token ``s`` of sequence ``i``."""
+    from verl.workers.utils.padding import build_attention_mask_from_nested
 
-    Returns float tensors of shape ``[layers]``: ``token_match`` (fraction of tokens whose expert set is
-    identical) and ``expert_overlap`` (mean fraction of the top-k experts shared), plus the scalar
-    ``any_layer_mismatch`` (fraction of tokens differing in at least one layer).
-    """
-    if a.experts.shape != b.experts.shape or a.num_experts != b.num_experts:
-        raise ValueError(f"route_agreement: shapes differ {tuple(a.experts.shape)} vs {tuple(b.experts.shape)}")
-    both = a.valid_mask() & b.valid_mask().to(a.device)
-    return agreement_of_indices(a.experts[both], b.experts.to(a.device)[both])
+    return build_attention_mask_from_nested(input_ids=input_ids)
 
 
-def agreement_of_indices(x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-    """``route_agreement`` on int ids ``[tokens, layers, top_k]`` (no validity handling)."""
-    if x.shape[0] == 0:
-        nan = torch.full((x.shape[1],), float("nan"))
-        return {"token_match": nan, "expert_overlap": nan, "any_layer_mismatch": torch.tensor(float("nan"))}
-    same_set, shared = layer_agreement(x, y)  # [T, L] each
-    return {
-        "token_match": same_set.float().mean(0),
-        "expert_overlap": shared.mean(0).float(),
-        "any_layer_mismatch": (~same_set.all(-1)).float().mean(),
-    }
+def model_input_rows(
+    packed: Routes,
+    *,
+    mask: Optional[torch.Tensor] = None,
+    static_pad: int = 0,
+    sp_size: int = 1,
+    sp_rank: int = 0,
+) -> Routes:
+    """Packed routes of one micro-batch (one row per token, nested ``input_ids.values()`` order) in the token
+    order of the model input verl's FSDP engine builds from it (``prepare_model_inputs``):
+
+    * remove-padding off (``mask``: :func:`padded_mask`): ``[b, S]``, ``b*S`` rows, right pads without a route;
+    * remove-padding on: ``[1, nnz]`` plus ``static_pad`` rows (``pad_to_length``'s bucket pad), then under
+      Ulysses (``sp_size > 1``) verl's pad to a multiple of ``sp_size`` and rank ``sp_rank``'s slice.
+
+    Pad rows carry no route (the router picks natively)."""
+    if mask is not None:
+        return unpack(packed, mask)
+    padded = packed.pad_tokens(static_pad)
+    if sp_size <= 1:
+        return padded
+    local, _ = ulysses_pad_and_slice(padded, sp_size, sp_rank)
+    return local
+
+
+def strip_model_input_pad(rows: Routes, *, mask: Optional[torch.Tensor] = None, pad_size: int = 0) -> Routes:
+    """Inverse of :func:`model_input_rows` for the whole (all Ulysses ranks gathered) model input: routes the
+    routers saw, back to packed (one row per token). ``pad_size``: rows appended after the ``nnz`` tokens."""
+    if mask is not None:
+        return pack(rows, mask)
+    return rows.narrow(0, rows.num_tokens - pad_size) if pad_size else rows

@@ -1,10 +1,10 @@
-"""Helpers for routing replay through verl's real FSDP2 engine on CPU (one process, gloo).
+"""verl's real FSDP2 engine on CPU (one process, gloo) for routing-replay tests.
 
 The engine is built the way verl's own tests/models/test_engine.py builds it (``EngineRegistry.new`` with
 ``FSDPEngineConfig`` / ``HFModelConfig`` on a transformers model saved from a small config), on verl-stable's
 CPU platform (``VERL_PLATFORM=cpu``), and driven through ``infer_batch`` / ``train_batch`` with batches made
-by verl's own ``left_right_2_no_padding``. (A module of its own, not conftest: ``tests/conftest.py`` owns
-that import name.)
+by verl's own ``left_right_2_no_padding``. ``hf_reference`` is the plain transformers model on the padded
+batch, with verl-stable's public RoutingReplay.
 """
 
 from __future__ import annotations
@@ -19,72 +19,17 @@ from functools import partial  # noqa: E402
 
 import torch  # noqa: E402
 
-NUM_LAYERS = 2
-NUM_EXPERTS = 8
-TOP_K = 2
-VOCAB = 96
+from tests.helpers.logprobs import gather_logprobs  # noqa: E402
+from tests.helpers.models import SAVED_EXPERTS, SAVED_LAYERS, SAVED_TOP_K, SAVED_VOCAB  # noqa: E402
+from tests.helpers.routes import random_expert_ids  # noqa: E402
+
+NUM_LAYERS, NUM_EXPERTS, TOP_K, VOCAB = SAVED_LAYERS, SAVED_EXPERTS, SAVED_TOP_K, SAVED_VOCAB
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def save_tiny_moe(path: str) -> str:
-    """A 2-layer Qwen3-MoE (hidden 64, 8 experts, top-2) saved from its config, random weights."""
-    from transformers import AutoModelForCausalLM, Qwen3MoeConfig
-
-    config = Qwen3MoeConfig(
-        vocab_size=VOCAB,
-        hidden_size=64,
-        intermediate_size=64,
-        moe_intermediate_size=32,
-        num_hidden_layers=NUM_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_experts=NUM_EXPERTS,
-        num_experts_per_tok=TOP_K,
-        norm_topk_prob=True,
-        decoder_sparse_step=1,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
-        attn_implementation="sdpa",
-    )
-    return _save_with_sharp_routers(AutoModelForCausalLM.from_config, config, path)
-
-
-def save_tiny_deepseek_v3(path: str) -> str:
-    """A 3-layer DeepSeek-V3 (MLA, 8 routed experts in 2 groups, top-2, one shared expert) whose first layer is
-    dense (``first_k_dense_replace=1``): the rollout engines index routes by decoder layer, the model has 2
-    MoE layers."""
-    from transformers import AutoModelForCausalLM, DeepseekV3Config
-
-    config = DeepseekV3Config(
-        vocab_size=VOCAB, hidden_size=64, intermediate_size=64, moe_intermediate_size=32, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=4, n_routed_experts=NUM_EXPERTS, num_experts_per_tok=TOP_K,
-        n_group=2, topk_group=1, first_k_dense_replace=1, n_shared_experts=1, q_lora_rank=None, kv_lora_rank=16,
-        qk_nope_head_dim=8, qk_rope_head_dim=8, v_head_dim=8, max_position_embeddings=256,
-        routed_scaling_factor=2.5, norm_topk_prob=True, tie_word_embeddings=False, attn_implementation="sdpa",
-    )
-    return _save_with_sharp_routers(AutoModelForCausalLM.from_config, config, path)
-
-
-def _save_with_sharp_routers(from_config, config, path: str) -> str:
-    """Seeded random weights, saved to ``path``, with sharper routers than the default init: top-k choices
-    that a tiny weight change can flip, so drift and misplaced routes are visible in the log-probs (a
-    near-uniform router hides them). A DeepSeek-style correction bias gets non-zero values too."""
-    torch.manual_seed(0)
-    model = from_config(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith("mlp.gate.weight"):
-                p.normal_(0.0, 0.5)
-            if name.endswith("e_score_correction_bias"):
-                p.normal_(0.0, 0.1)
-    model.save_pretrained(path)
-    return path
 
 
 def make_engine(model_path: str, *, mode: str, use_remove_padding: bool, use_dynamic_bsz: bool,
@@ -197,11 +142,10 @@ def ppo_loss_fn():
 
 def random_routes(batch_size: int, seq_len: int, seed: int = 1, num_layers: int = NUM_LAYERS,
                   num_experts: int = NUM_EXPERTS) -> torch.Tensor:
-    """Random valid routes ``[B, S, layers, top_k]`` (distinct experts per row), int16 like verl's agent loop:
-    almost never what the routers would pick, so replaying them visibly changes the forward."""
+    """Random valid routes ``[B, S, layers, top_k]`` int16, like verl's agent loop stores them."""
     g = torch.Generator().manual_seed(seed)
-    scores = torch.rand(batch_size, seq_len, num_layers, num_experts, generator=g)
-    return scores.argsort(-1)[..., :TOP_K].to(torch.int16)
+    return random_expert_ids(batch_size, seq_len, num_layers, num_experts=num_experts, top_k=TOP_K,
+                             generator=g).to(torch.int16)
 
 
 def engine_state_dict(engine) -> dict:
@@ -210,22 +154,6 @@ def engine_state_dict(engine) -> dict:
         k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
         for k, v in engine.module.state_dict().items()
     }
-
-
-def _capture_native(site, i: int, into: dict):
-    """Hook one router so that ``into[i]`` holds its own top-k of the latest forward (given its input in that
-    forward, i.e. after any replayed earlier layers). Registered before the replay hooks, so it sees the
-    router's choice, not the replayed one."""
-    module = site.module
-    if site.adapter.kind == "topk_router":  # a router module returning (logits, weights, indices)
-        return module.register_forward_hook(lambda m, a, out: into.__setitem__(i, out[2].detach().clone()))
-    # DeepSeek-V3 style: the MoE block routes with its class's route_tokens_to_experts(gate logits).
-    stock = type(module).route_tokens_to_experts
-
-    def gate_hook(m, args, logits):
-        into[i] = stock(module, logits.view(-1, logits.shape[-1]))[0].detach().clone()
-
-    return module.gate.register_forward_hook(gate_hook)
 
 
 def hf_reference(model_path: str, padded, routes=None, state_dict=None):
@@ -237,29 +165,23 @@ def hf_reference(model_path: str, padded, routes=None, state_dict=None):
     itself in that same forward [B, S, layers, top_k] -- i.e. given the replayed earlier layers)."""
     from transformers import AutoModelForCausalLM
 
-    from verl_stable.routing import Routes, RoutingReplay, find_routers
+    from verl_stable.routing import Routes, RoutingReplay
 
     input_ids, attention_mask, position_ids = padded
     model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32).eval()
     if state_dict is not None:
         model.load_state_dict(state_dict)
-    # Registered before the replay hooks, so it sees each router's own top-k.
-    native = {}
-    handles = [_capture_native(site, i, native) for i, site in enumerate(find_routers(model))]
     rr = RoutingReplay(model)
     kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
-    with torch.no_grad(), rr.record() as rec:
+    with torch.no_grad(), rr.record(native=True) as rec:
         if routes is None:
             logits = model(**kwargs).logits
         else:
             with rr.replay(Routes.from_verl_batch(routes, attention_mask, rr.spec)):
                 logits = model(**kwargs).logits
-    for h in handles:
-        h.remove()
     response_len = input_ids.shape[1] // 2
-    logp = torch.log_softmax(logits[:, -response_len - 1 : -1].float(), dim=-1)
-    resp_logp = logp.gather(-1, input_ids[:, -response_len:].unsqueeze(-1)).squeeze(-1)
-    layers, top_k = rr.spec.num_layers, rr.spec.top_k
-    used = rec.routes[0].experts.to(torch.int16).view(*input_ids.shape, layers, top_k)
-    picked = torch.stack([native[i] for i in range(layers)], dim=1).to(torch.int16)
-    return resp_logp, used, picked.view(*input_ids.shape, layers, top_k)
+    resp_logp = gather_logprobs(logits[:, -response_len - 1 : -1], input_ids[:, -response_len:])
+    shape = (*input_ids.shape, rr.spec.num_layers, rr.spec.top_k)
+    used = rec.routes[0].experts.to(torch.int16).view(shape)
+    picked = rec.native[0].experts.to(torch.int16).view(shape)
+    return resp_logp, used, picked
