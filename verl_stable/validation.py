@@ -183,9 +183,10 @@ def check_routing_replay(config) -> Iterator[ConfigIssue]:
             ROUTE_RETURN_KEY, False, "routing_replay=R3 replays the rollout engine's routes, but the rollout returns "
             "none (the R3 preset sets it; or use routing_replay=R2)", "true",
         )
-    if mode == "R3" and _get(config, f"{ROLLOUT}.name") not in ROUTE_RETURNING_ROLLOUTS:
+    rollout_name = _get(config, f"{ROLLOUT}.name")  # None: still '???' in verl's default, verl asks for it
+    if mode == "R3" and rollout_name is not None and rollout_name not in ROUTE_RETURNING_ROLLOUTS:
         yield ConfigIssue(
-            f"{ROLLOUT}.name", _get(config, f"{ROLLOUT}.name"), "routing_replay=R3 needs a rollout that returns "
+            f"{ROLLOUT}.name", rollout_name, "routing_replay=R3 needs a rollout that returns "
             "routed experts", _fmt(ROUTE_RETURNING_ROLLOUTS),
         )
     if mode == "R2" and returns_routes:

@@ -80,6 +80,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from verl_stable.diagnostics import AgreementCounts
+from verl_stable.validation import FSDP_REPLAY_KEY, FSDP_STRATEGIES, REPLAY_MODES, ROUTE_RETURN_KEY
 from verl_stable.routing.routes import RouteSpec, Routes, model_input_rows, padded_mask, strip_model_input_pad
 
 __all__ = [
@@ -91,59 +92,17 @@ __all__ = [
     "RoutingReplayEngineMixin",
     "replay_engine_class",
     "register_replay_engines",
-    "check_trainer_config",
 ]
 
 ROUTES_KEY = "routed_experts"
-MODE_KEY = "actor_rollout_ref.actor.fsdp_config.router_replay.mode"
-ROUTE_RETURN_KEY = "actor_rollout_ref.rollout.enable_rollout_routing_replay"
-_FSDP_BACKENDS = ("fsdp", "fsdp2")
-_MODES = ("disabled", "R2", "R3")
+# The keys and values are validation's (checked before Ray starts); the engine re-checks what it reads.
+MODE_KEY = FSDP_REPLAY_KEY
+_FSDP_BACKENDS = FSDP_STRATEGIES
+_MODES = REPLAY_MODES
 
 RECORD = "record"
 REPLAY = "replay"
 _MODEL_TYPE = "language_model"
-
-
-# ---------------------------------------------------------------------------------------------- config
-def check_trainer_config(config) -> str:
-    """Validate the replay switches of a composed trainer config (OmegaConf or dict-like); return the mode.
-
-    Raises ValueError naming the key to fix: R3 without the rollout returning routes, a non-FSDP strategy
-    (use verl's own Megatron/VeOmni replay there), an unknown mode.
-    """
-
-    def sel(path, default=None):
-        node = config
-        for part in path.split("."):
-            if node is None:
-                return default
-            node = node.get(part, None) if hasattr(node, "get") else getattr(node, part, None)
-        return default if node is None else node
-
-    mode = sel(MODE_KEY, "disabled")
-    if mode not in _MODES:
-        raise ValueError(f"{MODE_KEY}={mode!r}; must be one of {_MODES}")
-    if mode == "disabled":
-        return mode
-    strategy = sel("actor_rollout_ref.actor.strategy")
-    if strategy not in _FSDP_BACKENDS:
-        raise ValueError(
-            f"{MODE_KEY}={mode} is verl-stable's FSDP routing replay, but actor_rollout_ref.actor.strategy="
-            f"{strategy!r}; for megatron/veomni set actor_rollout_ref.actor.<engine>.router_replay.mode instead"
-        )
-    if mode == "R3" and not sel(ROUTE_RETURN_KEY, False):
-        raise ValueError(
-            f"{MODE_KEY}=R3 replays the rollout engine's routes, but {ROUTE_RETURN_KEY}=False: the rollout "
-            f"returns none. Set {ROUTE_RETURN_KEY}=True (or use routing_replay=R2)."
-        )
-    if mode == "R2" and sel(ROUTE_RETURN_KEY, False):
-        raise ValueError(
-            f"{MODE_KEY}=R2 records the training engine's routes in the π_old pass; {ROUTE_RETURN_KEY}=True "
-            "would also put the rollout's routes in the batch under the same field. Use R3 for rollout routes, "
-            f"or set {ROUTE_RETURN_KEY}=False."
-        )
-    return mode
 
 
 # ---------------------------------------------------------------------------------------------- layouts
