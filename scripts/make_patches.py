@@ -156,8 +156,7 @@ def readme_sections(path: str, headings: tuple[str, ...]) -> str:
 
 def _minirl_docs() -> str:
     intro = """\
-MiniRL: stable policy losses for RL with LLMs
-=============================================
+# MiniRL: stable policy losses for RL with LLMs
 
 Last updated: 01/01/2026.
 
@@ -400,7 +399,7 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
                 pattern="test_*_on_cpu.py",
             ),
         ],
-        tests=("tests/utils/routing_replay",),
+        tests=("tests/utils/routing_replay", "tests/checkpoint_engine/test_global_steps_on_cpu.py"),
     ),
 ]
 
@@ -587,6 +586,7 @@ TEXT_RULES: list[tuple[str, str]] = [
     (r"`algorithm=", "`+algorithm="),
     (r"(?<![\w+.`\"'])routing_replay=(?=[R<])", "+routing_replay="),
     (r"verl-stable's ", ""),
+    (r" \(SPEC §[\d.]+\)", ""),  # the project's spec, not verl's
     (r"verl_stable/addition_mod10", "addition_mod10"),
     (r"verl_stable_cpu_device", "verl_cpu_device"),
 ]
@@ -1040,6 +1040,17 @@ def readme(result: list[tuple[Patch, list[str]]], out_dir: Path) -> str:
         "one patch at a time, in order (later patches touch lines earlier ones changed):\n",
         "    for p in patches/verl-0.9.1/*.patch; do git apply --check \"$p\" && git apply \"$p\" || break; done\n",
         "Slot 4 is reserved for `[sglang, rollout] fix: decode base64 routed experts` (not written yet).\n",
+        "How it is checked (`pytest tests/patches`, about 2.5 minutes on 2 CPU cores): regenerate and compare;",
+        "apply each committed patch in order to the unpacked sdist with `git apply --check` / `git apply`;",
+        "import the patched tree with `verl_stable` made unimportable; run, in one pytest process against the",
+        "patched tree, the tests each patch lists in `PATCHES` (`python scripts/make_patches.py --list-tests`):",
+        "the copied MiniRL, routing-replay, FSDP-engine and CPU tests, and verl's own CPU tests of the files the",
+        "series modifies that ship in the sdist (`tests/trainer/ppo/test_core_algos_on_cpu.py`,",
+        "`test_dynamic_policy_losses_on_cpu.py`, `test_loss_aggregation_on_cpu.py`,",
+        "`tests/checkpoint_engine/test_global_steps_on_cpu.py`, `tests/plugin/test_platform_abstraction.py`).",
+        "The sdist ships no `docs/`, `.github/` or `tests/special_sanity/`; verl's `check_license.py` accepts a",
+        "fixed list of copyright lines, so the new files' `Copyright 2026 verl-stable contributors` line has to",
+        "be added to it (its \"Add custom license headers below\" list) when the PRs are opened.\n",
     ]
     for i, (patch, touched) in enumerate(result, 1):
         parts.append(f"## {i:04d} `{patch.title}`\n")
