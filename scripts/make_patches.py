@@ -733,7 +733,8 @@ def wrap_long_prose(text: str, path: str, limit: int = 120) -> str:
     for tok in tokenize.generate_tokens(io.StringIO(text).readline):
         if tok.type == tokenize.COMMENT:
             prose[tok.start[0]] = "comment"
-        elif tok.type == tokenize.STRING and tok.end[0] > tok.start[0]:
+        elif tok.type == tokenize.STRING and tok.end[0] > tok.start[0] and not tok.line[: tok.start[1]].strip():
+            # a statement-level string (docstring), not a multi-line argument such as code for a subprocess
             for n in range(tok.start[0] + 1, tok.end[0]):
                 prose[n] = "string"
     out: list[str] = []
@@ -935,6 +936,8 @@ def apply_patch_ops(tree: Path, patch: Patch, mapping: dict[str, str]) -> list[s
     for op in expand(patch.ops):
         if isinstance(op, Copy):
             src = ROOT / op.src
+            if not src.is_file():
+                raise GenerationError(f"Copy {op.src}: no such file in this repository (update PATCHES)")
             text = src.read_text()
             if op.drop_lines:
                 kept = [line for line in text.splitlines(keepends=True) if line.strip() not in op.drop_lines]
