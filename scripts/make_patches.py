@@ -121,12 +121,22 @@ class DropDefs:
 
 
 @dataclass(frozen=True)
+class DropSection:
+    """Remove plugin-only prose from a copied file: from ``start`` (must occur once) up to, not including,
+    the first ``end`` after it."""
+
+    path: str
+    start: str
+    end: str
+
+
+@dataclass(frozen=True)
 class NewFile:
     path: str
     content: Union[str, Callable[[], str]]
 
 
-Op = Union[Copy, CopyTree, Edit, DropDefs, NewFile]
+Op = Union[Copy, CopyTree, Edit, DropDefs, DropSection, NewFile]
 
 
 @dataclass
@@ -328,6 +338,12 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
             DropDefs(
                 "verl/workers/engine/fsdp/router_replay.py",
                 ("with_routing_replay", "_WITH_REPLAY", "install", "_INSTALLED"),
+            ),
+            # how the plugin hooks into verl; in verl's tree the patch itself is the integration
+            DropSection(
+                "verl/workers/engine/fsdp/router_replay.py",
+                "\n\nIntegration (the upstream patch this becomes):\n",
+                '\n"""\n',
             ),
             Edit(
                 "verl/workers/engine/fsdp/transformer_impl.py",
@@ -737,9 +753,21 @@ def wrap_long_prose(text: str, path: str, limit: int = 120) -> str:
             # a statement-level string (docstring), not a multi-line argument such as code for a subprocess
             for n in range(tok.start[0] + 1, tok.end[0]):
                 prose[n] = "string"
+    src = text.splitlines()
     out: list[str] = []
-    for n, line in enumerate(text.splitlines(), 1):
+    carry = ""  # the tail of a wrapped line, prepended to the next line of the same paragraph
+    for n, line in enumerate(src, 1):
         kind = prose.get(n)
+        indent = len(line) - len(line.lstrip())
+        if carry:
+            body = line.strip()
+            if kind == "comment":
+                body = body[1:].lstrip() if body.startswith("#") else None
+            if kind and body and not re.match(r"([*|=-]|\d+\.)\s", body):
+                line = line[:indent] + ("# " if kind == "comment" else "") + carry + " " + body
+            else:
+                out.append(carry_prefix + carry)
+            carry = ""
         while kind and len(line) > limit and not line.lstrip().startswith(("|", "=")):
             if kind == "comment" and not line.lstrip().startswith("#"):
                 break
@@ -747,10 +775,11 @@ def wrap_long_prose(text: str, path: str, limit: int = 120) -> str:
             indent = len(line) - len(line.lstrip())
             if cut <= indent:
                 break
-            out.append(line[:cut].rstrip())
-            prefix = line[:indent] + ("# " if kind == "comment" else "")
-            line = prefix + line[cut + 1 :]
+            carry_prefix = line[:indent] + ("# " if kind == "comment" else "")
+            line, carry = line[:cut].rstrip(), line[cut + 1 :]
         out.append(line)
+    if carry:
+        out.append(carry_prefix + carry)
     return "\n".join(out) + ("\n" if text.endswith("\n") else "")
 
 
@@ -979,6 +1008,17 @@ def apply_patch_ops(tree: Path, patch: Patch, mapping: dict[str, str]) -> list[s
         elif isinstance(op, DropDefs):
             dst = tree / op.path
             dst.write_text(drop_defs(dst.read_text(), op.path, op.names))
+            touched.append(op.path)
+        elif isinstance(op, DropSection):
+            dst = tree / op.path
+            text = dst.read_text()
+            if text.count(op.start) != 1:
+                raise GenerationError(f"DropSection {op.path}: start found {text.count(op.start)} times:\n{op.start}")
+            a = text.index(op.start)
+            b = text.find(op.end, a + len(op.start))
+            if b < 0:
+                raise GenerationError(f"DropSection {op.path}: end {op.end!r} not found after the start")
+            dst.write_text(text[:a] + text[b:])
             touched.append(op.path)
     leftovers = []
     for rel in dict.fromkeys(touched):
