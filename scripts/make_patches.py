@@ -220,6 +220,8 @@ CPU unit tests (`tests/trainer/ppo/test_minirl_objectives_on_cpu.py`,
 against verl's `vanilla` loss times the TIS weight (they coincide in that limit), aggregation across data
 parallel ranks through `agg_loss`, clip-fraction metrics, and the error raised for each misuse. The same
 tests run in the verl-stable plugin, which registers these losses into an unmodified verl 0.9.1.
+`tests/trainer/ppo/test_minirl_presets_on_cpu.py` composes every `+algorithm=<preset>` on `ppo_trainer` and
+checks it names a registered loss and builds verl's actor config.
 
 ### API and Usage Example
 
@@ -263,10 +265,12 @@ loss of the same name. The training-inference weight is verl's own `rollout_corr
             CopyTree("verl_stable/config/algorithm", "verl/trainer/config/algorithm", pattern="*.yaml"),
             NewFile("docs/algo/minirl.md", _minirl_docs),
             NewFile("tests/trainer/ppo/conftest.py", template("conftest_minirl.py")),
+            NewFile("tests/trainer/ppo/test_minirl_presets_on_cpu.py", template("test_minirl_presets_on_cpu.py")),
             Copy("tests/test_objectives_on_cpu.py", "tests/trainer/ppo/test_minirl_objectives_on_cpu.py"),
             Copy("tests/test_losses_on_cpu.py", "tests/trainer/ppo/test_minirl_losses_on_cpu.py"),
         ],
         tests=(
+            "tests/trainer/ppo/test_minirl_presets_on_cpu.py",
             "tests/trainer/ppo/test_minirl_objectives_on_cpu.py",
             "tests/trainer/ppo/test_minirl_losses_on_cpu.py",
             "tests/trainer/ppo/test_core_algos_on_cpu.py",
@@ -297,7 +301,8 @@ CPU tests in `tests/utils/routing_replay/`: the Routes container (compact dtypes
 every router adapter against the stock transformers model (Qwen3-MoE, Qwen2-MoE, Mixtral, DeepSeek-V3,
 OLMoE, gpt-oss), record/replay bit-identity, and that routes stay on their tokens through verl's layouts
 (left/right padding, remove-padding, dynamic batch re-ordering, Ulysses pad-and-slice, gradient-checkpoint
-recompute). Engine-level tests (FSDP2 on gloo) run with the CPU platform of the next patch.
+recompute); the `+routing_replay=R2|R3` presets set the switch and leave the reference model and critic
+`disabled`. Engine-level tests (FSDP2 on gloo) run with the CPU platform of the next patch.
 
 ### API and Usage Example
 
@@ -409,6 +414,10 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
             Copy("tests/routing/tiny_moe.py", "tests/utils/routing_replay/tiny_moe.py"),
             NewFile("tests/utils/__init__.py", LICENSE_HEADER),
             NewFile("tests/utils/routing_replay/__init__.py", LICENSE_HEADER),
+            NewFile(
+                "tests/utils/routing_replay/test_router_replay_presets_on_cpu.py",
+                template("test_router_replay_presets_on_cpu.py"),
+            ),
             CopyTree(
                 "tests/routing",
                 "tests/utils/routing_replay",
