@@ -9,13 +9,16 @@ in a scratch git repository with a fixed author and date, and runs ``git format-
 
 Everything the series contains is declared in :data:`PATCHES` below (a list of operations per patch):
 
-* :class:`CopyTree` / :class:`Copy` -- a project file or package into verl's tree; Python is rewritten by
-  :data:`MODULE_MAP` (built from the copy operations themselves), prose by :data:`TEXT_RULES`. Copying a
+* :class:`CopyTree` / :class:`Copy` -- a project file or package into verl's tree; Python imports and dotted
+  names are rewritten by one module map that :func:`build_module_map` derives from the copy operations
+  themselves (plus :data:`EXTRA_MODULES`), prose by :data:`TEXT_RULES`; a project import left unmapped, or
+  any ``verl_stable`` left in a written file, fails the run. Copying a
   package copies whatever modules it has today, so refactors of ``verl_stable.routing`` or ``losses.py``
   flow into the series on the next run.
 * :class:`Edit` -- replace an anchor text in a verl file (or a copied one); the anchor must occur exactly
   ``count`` times or generation fails, naming the file and the anchor.
-* :class:`DropDefs` -- remove plugin-only top-level definitions from a copied module (they must exist).
+* :class:`DropDefs` / :class:`DropSection` -- remove plugin-only definitions / prose from a copied module
+  (they must exist).
 * :class:`NewFile` -- patch-only content (test fixtures for verl's tree, a docs page assembled from the
   README's sections, package ``__init__``).
 
