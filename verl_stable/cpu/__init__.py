@@ -7,17 +7,23 @@ so each process registers the same things. Ray workers inherit the variable from
 :data:`CPU_RAY_ENV` is what to add to ``ray_kwargs.ray_init.runtime_env.env_vars`` for clusters started
 elsewhere.
 
-What activation does, all through verl's registries except one line (see :func:`_gloo_only_backend`):
+What activation does. Everything goes through verl's public registration API, except two gaps verl 0.9.1
+has no hook for; each is one small shim, applied only after the verl version check, and removed by a change in
+the upstream patch series (``patches/verl-0.9.1/0003-hardware-cpu-platform.patch``):
 
-====================================  ============================================================
-verl registry / function              CPU entry
-====================================  ============================================================
-``PlatformRegistry`` (verl.plugin)     ``cpu`` → :class:`verl_stable.cpu.platform.PlatformCPU`
-``EngineRegistry`` (workers.engine)    FSDP/FSDP2 ``language_model`` engine for device ``cpu``
-``RolloutReplicaRegistry``             ``hf_cpu`` → :class:`verl_stable.cpu.rollout.HFCPUReplica`
-``_ROLLOUT_REGISTRY`` (rollout.base)   ``(hf_cpu, async)`` → :class:`~verl_stable.cpu.rollout.HFCPUServerAdapter`
-``initialize_global_process_group_ray`` default backend ``gloo`` (verl builds ``cpu:gloo,cpu:gloo``)
-====================================  ============================================================
+* ``PlatformRegistry.register``: ``cpu`` → :class:`verl_stable.cpu.platform.PlatformCPU`;
+* ``EngineRegistry.register``: verl's FSDP/FSDP2 ``language_model`` and ``value_model`` engines for device
+  ``cpu``;
+* ``RolloutReplicaRegistry.register``: ``hf_cpu`` → :class:`verl_stable.cpu.rollout.HFCPUReplica`;
+* SHIM 1, ``verl.workers.rollout.base._ROLLOUT_REGISTRY``: ``(hf_cpu, async)`` → ``HFCPUServerAdapter``.
+  verl 0.9.1 has no register function for server adapters; upstream fix: ``register_rollout_class()``,
+  which this module calls instead whenever verl has it;
+* SHIM 2, ``verl.utils.distributed.initialize_global_process_group_ray``: its unused ``backend`` default
+  becomes ``"gloo"`` (verl builds ``cpu:gloo,cpu:gloo``, which torch rejects); upstream fix: ``cpu:gloo``
+  alone when the device is ``cpu``.
+
+Lookups use verl's public getters (``PlatformRegistry.get``, ``EngineRegistry.get_engine_cls``,
+``RolloutReplicaRegistry.get``); a name another package already registered is refused, never replaced.
 """
 
 from __future__ import annotations
@@ -51,14 +57,20 @@ def check_verl_version(installed: str | None = None) -> None:
         )
 
 
+_ACTIVATED = False
+
+
 def activate_if_requested() -> bool:
     """Register the CPU backend in this process when ``VERL_PLATFORM=cpu``; return whether it did.
 
     Idempotent. A verl version mismatch raises: verl swallows plugin import errors at debug level, so the
     error is also printed, and the platform lookup then fails loudly with verl's "Unknown platform 'cpu'".
     """
+    global _ACTIVATED
     if not requested():
         return False
+    if _ACTIVATED:
+        return True
     try:
         check_verl_version()
         _register_platform()
@@ -70,6 +82,7 @@ def activate_if_requested() -> bool:
 
         print(f"[verl-stable] CPU backend failed to activate: {exc!r}", file=sys.stderr, flush=True)
         raise
+    _ACTIVATED = True
     return True
 
 
@@ -83,35 +96,54 @@ def _register_platform() -> None:
         return
     if existing is not None:
         raise RuntimeError(
-            f"verl platform {PLATFORM_NAME!r} is already registered by {existing!r}; refusing to replace it"
+            f"verl platform {PLATFORM_NAME!r} is already registered by {existing!r}; refusing to replace it "
+            "(a verl with the CPU platform built in does not need verl-stable's: set VERL_USE_EXTERNAL_PLUGINS "
+            "to leave verl_stable out)"
         )
     PlatformRegistry.register(platform=PLATFORM_NAME)(PlatformCPU)
 
 
 def _gloo_only_backend() -> None:
-    """verl.utils.distributed.initialize_global_process_group_ray builds ``f"cpu:gloo,{device}:{backend}"``,
-    which is ``cpu:gloo,cpu:gloo`` on CPU and torch rejects the duplicate device. The function takes a
+    """SHIM 2 (verl 0.9.1, checked by :func:`check_verl_version` before this runs).
+
+    ``verl.utils.distributed.initialize_global_process_group_ray`` builds ``f"cpu:gloo,{device}:{backend}"``,
+    which is ``cpu:gloo,cpu:gloo`` on CPU, and torch rejects the duplicate device. The function takes a
     ``backend`` argument that no caller passes, so defaulting it to ``gloo`` is the smallest change that
-    works (upstream fix: skip the device entry when the device is ``cpu``)."""
+    works. Upstream fix (patch 0003): use ``cpu:gloo`` alone when the device is ``cpu``.
+    """
     from verl.utils import distributed
 
     fn = distributed.initialize_global_process_group_ray
     names = fn.__code__.co_varnames[: fn.__code__.co_argcount]
-    if names != ("timeout_second", "backend"):
-        raise RuntimeError(f"verl's initialize_global_process_group_ray changed signature: {names}")
+    if names != ("timeout_second", "backend") or fn.__defaults__ not in ((None, None), (None, "gloo")):
+        raise RuntimeError(
+            f"verl's initialize_global_process_group_ray changed ({names}, defaults {fn.__defaults__}); "
+            "verl-stable's CPU shim for it needs updating"
+        )
     fn.__defaults__ = (None, "gloo")
 
 
 def _register_engine() -> None:
-    """verl registers its FSDP engine for cuda/npu only; the same class runs on CPU with FSDP2 + gloo."""
+    """verl registers its FSDP engine for cuda/npu only; the same classes run on CPU with FSDP2 + gloo.
+
+    Looked up with verl's public ``get_engine_cls``, which resolves the device through the platform: ``cpu``
+    once :func:`_register_platform` ran (``VERL_PLATFORM=cpu``).
+    """
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
     for model_type, cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
         for backend in ("fsdp", "fsdp2"):
-            registered = EngineRegistry._engines.get(model_type, {}).get(backend, {})
-            if PLATFORM_NAME not in registered:
+            try:
+                existing = EngineRegistry.get_engine_cls(model_type, backend)
+            except ValueError:  # "No engine registered for device='cpu' ..."
                 EngineRegistry.register(model_type=model_type, backend=backend, device=PLATFORM_NAME)(cls)
+                continue
+            if not issubclass(existing, cls):
+                raise RuntimeError(
+                    f"verl engine ({model_type}, {backend}, {PLATFORM_NAME}) is already registered as {existing!r}; "
+                    "refusing to replace it"
+                )
 
 
 def _load_replica():
@@ -124,13 +156,24 @@ def _register_rollout() -> None:
     from verl.workers.rollout import base as rollout_base
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
+    try:
+        existing = RolloutReplicaRegistry.get(ROLLOUT_NAME)
+    except ValueError:  # "Unknown rollout mode: hf_cpu"
+        RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
+    else:
+        if existing is not _load_replica():
+            raise RuntimeError(
+                f"rollout {ROLLOUT_NAME!r} is already registered in verl as {existing!r}; refusing to replace it"
+            )
     adapter = "verl_stable.cpu.rollout.HFCPUServerAdapter"
-    registered_loader = RolloutReplicaRegistry._registry.get(ROLLOUT_NAME)
-    registered_adapter = rollout_base._ROLLOUT_REGISTRY.get((ROLLOUT_NAME, "async"))
-    if registered_loader not in (None, _load_replica) or registered_adapter not in (None, adapter):
+    register = getattr(rollout_base, "register_rollout_class", None)
+    if register is not None:  # the upstream registration function (patch 0003)
+        register(ROLLOUT_NAME, adapter)
+        return
+    # SHIM 1 (verl 0.9.1, version-checked): no register function; this module dict is the registry.
+    registered = rollout_base._ROLLOUT_REGISTRY.get((ROLLOUT_NAME, "async"))
+    if registered not in (None, adapter):
         raise RuntimeError(
-            f"rollout {ROLLOUT_NAME!r} is already registered in verl by someone else; refusing to replace it"
+            f"rollout {ROLLOUT_NAME!r} is already registered in verl as {registered}; refusing to replace it"
         )
-    RolloutReplicaRegistry.register(ROLLOUT_NAME, _load_replica)
-    # verl has no registration function for server adapters; this dict is its registry.
     rollout_base._ROLLOUT_REGISTRY[(ROLLOUT_NAME, "async")] = adapter

@@ -1,0 +1,78 @@
+"""scripts/make_patches.py's transformations on small inputs: import rewriting by the module map, loud
+failures for anything not declared (unmapped imports, missing anchors, missing definitions)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import make_patches as mp  # noqa: E402
+
+sys.path.pop(0)
+
+MAPPING = {
+    "verl_stable.objectives": "verl.trainer.ppo.minirl_objectives",
+    "verl_stable.routing": "verl.utils.routing_replay",
+    "verl_stable.routing.hf": "verl.utils.routing_replay.hf",
+    "verl_stable.routing.fsdp": "verl.workers.engine.fsdp.router_replay",
+    "tiny_moe": "tests.utils.routing_replay.tiny_moe",
+}
+
+
+def test_imports_are_rewritten_by_the_module_map():
+    src = (
+        "from verl_stable import objectives\n"
+        "from verl_stable.routing.hf import ADAPTERS, find_routers as fr\n"
+        "import verl_stable.routing.fsdp as rr\n"
+        "from tiny_moe import VOCAB\n"
+        "def f():\n"
+        "    from verl_stable.routing import Routes  # lazy\n"
+        '    """See ``verl_stable.routing.hf.ADAPTERS``."""\n'
+    )
+    out = mp.rewrite_python(src, "x.py", MAPPING)
+    assert "from verl.trainer.ppo import minirl_objectives as objectives\n" in out
+    assert "from verl.utils.routing_replay.hf import ADAPTERS, find_routers as fr\n" in out
+    assert "import verl.workers.engine.fsdp.router_replay as rr\n" in out
+    assert "from tests.utils.routing_replay.tiny_moe import VOCAB\n" in out
+    assert "    from verl.utils.routing_replay import Routes  # lazy\n" in out
+    assert "``verl.utils.routing_replay.hf.ADAPTERS``" in out
+    assert "verl_stable" not in out
+
+
+def test_an_unmapped_project_import_fails_loudly():
+    with pytest.raises(mp.GenerationError, match="no module map entry for verl_stable.cpu"):
+        mp.rewrite_python("from verl_stable.cpu import activate_if_requested\n", "x.py", MAPPING)
+
+
+def test_dropped_definitions_leave_all_and_must_exist():
+    src = '__all__ = [\n    "keep",\n    "install",\n]\n\n\ndef keep():\n    pass\n\n\n# installs it\ndef install():\n    pass\n'
+    out = mp.drop_defs(src, "x.py", ("install",))
+    assert "install" not in out and "def keep" in out and '"keep"' in out
+    with pytest.raises(mp.GenerationError, match="no top-level definition named"):
+        mp.drop_defs(src, "x.py", ("gone",))
+
+
+def test_an_edit_whose_anchor_is_missing_fails(tmp_path):
+    (tmp_path / "f.py").write_text("a = 1\n")
+    patch = mp.Patch(slug="s", title="t", body="", ops=[mp.Edit("f.py", "b = 2\n", "b = 3\n")])
+    with pytest.raises(mp.GenerationError, match="anchor found 0 times"):
+        mp.apply_patch_ops(tmp_path, patch, MAPPING)
+
+
+def test_long_docstring_lines_are_rewrapped_but_code_strings_are_not():
+    long = "word " * 30
+    src = f'def f():\n    """Doc.\n\n    {long}\n    """\n    run("""\n    {long}\n    """)\n'
+    out = mp.wrap_long_prose(src, "x.py")
+    lines = out.splitlines()
+    assert max(len(line) for line in lines[:5]) <= 120
+    assert any(len(line) > 120 for line in lines[5:])
+
+
+def test_every_declared_copy_source_exists():
+    for patch in mp.PATCHES:
+        for op in mp.expand(patch.ops):
+            if isinstance(op, mp.Copy):
+                assert (mp.ROOT / op.src).is_file(), op.src
