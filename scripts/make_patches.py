@@ -189,7 +189,7 @@ Every other option stays yours to override on the command line.
 """
     body = readme_sections(
         "README.md",
-        ("### What `algorithm=minirl` sets", "### Presets and loss modes", "### Clear errors"),
+        ("### What `algorithm=minirl` sets", "### Presets and loss modes", "### Loss checks for Python users"),
     )
     return intro + body.replace("### ", "## ")
 
@@ -340,17 +340,15 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
             CopyTree(
                 "verl_stable/routing",
                 "verl/utils/routing_replay",
+                # fsdp_plugin.py is how the plugin registers the mixin; in verl's tree the patch itself does
+                exclude=("fsdp_plugin.py",),
                 rename=(("fsdp.py", "../../workers/engine/fsdp/router_replay.py"),),
             ),
             Copy("verl_stable/diagnostics.py", "verl/utils/routing_replay/diagnostics.py"),
-            DropDefs(
-                "verl/workers/engine/fsdp/router_replay.py",
-                ("with_routing_replay", "_WITH_REPLAY", "install", "_INSTALLED"),
-            ),
-            # how the plugin hooks into verl; in verl's tree the patch itself is the integration
+            # the pointer to the plugin-only registration module
             DropSection(
                 "verl/workers/engine/fsdp/router_replay.py",
-                "\n\nIntegration (the upstream patch this becomes):\n",
+                "\nRegistration in verl (a plugin-only concern",
                 '\n"""\n',
             ),
             Edit(
@@ -414,7 +412,9 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
                 "  replay_file: null\n",
             ),
             CopyTree("verl_stable/config/routing_replay", "verl/trainer/config/routing_replay", pattern="*.yaml"),
-            Copy("tests/routing/tiny_moe.py", "tests/utils/routing_replay/tiny_moe.py"),
+            # the shared test helpers (tiny models, random routes, log-probs, expert taps); the FSDP engine
+            # harness (helpers/engine.py) joins them in the CPU patch, where its tests can run
+            CopyTree("tests/helpers", "tests/utils/routing_replay/helpers", exclude=("engine.py", "processes.py")),
             NewFile("tests/utils/__init__.py", LICENSE_HEADER),
             NewFile("tests/utils/routing_replay/__init__.py", LICENSE_HEADER),
             NewFile(
@@ -435,9 +435,9 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
 _CONFTEST_PLUGIN_LINES = (
     "import verl  # noqa: F401  (loads verl_stable.plugin: the CPU platform)",
     "from verl_stable.cpu import activate_if_requested",
-    "from verl_stable.routing.fsdp import install",
+    "from verl_stable.routing.fsdp_plugin import register_replay_engines",
     "activate_if_requested()",
-    "install()",
+    "register_replay_engines()  # idempotent: the plugin did it when the CPU backend imported verl's FSDP engine",
 )
 
 PATCHES.append(
@@ -578,7 +578,7 @@ the trainer worker and receives weights from the naive checkpoint engine.
             Copy("tests/cpu/test_hf_engine_on_cpu.py", "tests/workers/rollout/test_hf_cpu_engine_on_cpu.py"),
             NewFile("tests/workers/engine/__init__.py", LICENSE_HEADER),
             NewFile("tests/workers/engine/fsdp/__init__.py", LICENSE_HEADER),
-            Copy("tests/routing_fsdp/_harness.py", "tests/workers/engine/fsdp/router_replay_harness.py"),
+            Copy("tests/helpers/engine.py", "tests/utils/routing_replay/helpers/engine.py"),
             Copy(
                 "tests/routing_fsdp/conftest.py",
                 "tests/workers/engine/fsdp/conftest.py",

@@ -142,3 +142,20 @@ def test_verl_main_ppo_accepts_our_config_path():
         capture_output=True, text=True, timeout=300, check=True,
     ).stdout
     assert OmegaConf.create(out).actor_rollout_ref.actor.policy_loss.loss_mode == "minirl"
+
+
+def test_every_preset_selects_a_variant_with_its_first_aggregation_and_an_allowed_rollout_is():
+    import pathlib
+
+    from verl_stable.losses import LOSS_VARIANTS, check_clip_range
+
+    presets = sorted((pathlib.Path(__file__).resolve().parents[1] / "verl_stable/config/algorithm").glob("*.yaml"))
+    assert presets
+    for preset in presets:
+        cfg = compose(overrides=[f"algorithm={preset.stem}"])
+        loss_mode = cfg.actor_rollout_ref.actor.policy_loss.loss_mode
+        assert loss_mode in LOSS_VARIANTS, preset.name
+        variant = LOSS_VARIANTS[loss_mode]
+        assert cfg.actor_rollout_ref.actor.loss_agg_mode == variant.agg_modes[0], preset.name
+        assert cfg.algorithm.rollout_correction.rollout_is in variant.rollout_is, preset.name
+        check_clip_range(cfg.actor_rollout_ref.actor.clip_ratio_low, cfg.actor_rollout_ref.actor.clip_ratio_high)

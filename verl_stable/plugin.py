@@ -20,12 +20,12 @@ _activate_cpu()
 # actor_rollout_ref.actor.fsdp_config.router_replay.mode is R2/R3): registered in verl's EngineRegistry right
 # after verl's FSDP engine module is imported, in the processes that build an engine. Not here: importing the
 # engine package at `import verl` costs ~1.5 s per process and fixes verl's platform before platform plugins
-# loaded after this one register theirs (verl_stable.routing.fsdp, "shims" 1-2).
+# loaded after this one register theirs (verl_stable.routing.fsdp_plugin, shims 1-2).
 from verl_stable._post_import import after_import as _after_import  # noqa: E402
 
 
 def _register_fsdp_routing_replay(_module) -> None:
-    from verl_stable.routing.fsdp import register_replay_engines
+    from verl_stable.routing.fsdp_plugin import register_replay_engines
 
     register_replay_engines()
 

@@ -28,15 +28,12 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from verl_stable.losses import AGG_MODE_KEY, LOSS_MODE_KEY, LOSS_VARIANTS, ROLLOUT_IS_KEY, check_clip_range
+from verl_stable.routing.fsdp import FSDP_STRATEGIES, MODE_KEY, REPLAY_MODES, ROUTE_RETURN_KEY
 
 ACTOR = "actor_rollout_ref.actor"
 ROLLOUT = "actor_rollout_ref.rollout"
 CORRECTION = "algorithm.rollout_correction"
-FSDP_REPLAY_KEY = f"{ACTOR}.fsdp_config.router_replay.mode"
-ROUTE_RETURN_KEY = f"{ROLLOUT}.enable_rollout_routing_replay"
-
-REPLAY_MODES = ("disabled", "R2", "R3")
-FSDP_STRATEGIES = ("fsdp", "fsdp2")
+FSDP_REPLAY_KEY = MODE_KEY
 #: Rollout engines that return routed experts when ``enable_rollout_routing_replay=True``.
 ROUTE_RETURNING_ROLLOUTS = ("vllm", "sglang", "hf_cpu")
 ROLLOUT_IS_LEVELS = ("token", "sequence", None)

@@ -193,7 +193,7 @@ def test_record_native_is_each_routers_own_choice():
     with rr.record() as plain, torch.no_grad():
         model(input_ids=x)
     with pytest.raises(RuntimeError, match="native=True"):
-        plain.native
+        _ = plain.native
 
 
 def test_record_collects_one_routes_per_forward_in_router_token_order():

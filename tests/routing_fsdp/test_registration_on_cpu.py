@@ -55,7 +55,7 @@ def test_import_verl_alone_does_not_import_the_engine_package():
 
 
 def test_another_verl_release_registers_nothing_and_says_why(monkeypatch):
-    from verl_stable.routing import fsdp
+    from verl_stable.routing import fsdp_plugin as fsdp
 
     with pytest.raises(fsdp.UnsupportedVerlVersion, match=r"verl==0\.9\.1.*found verl==0\.8\.0"):
         fsdp._check_verl_version("0.8.0")

@@ -1,0 +1,124 @@
+"""How the plugin puts verl-stable's FSDP routing replay (:mod:`verl_stable.routing.fsdp`) into verl 0.9.1.
+
+Integration with verl 0.9.1, and the shims left (each with the upstream change that removes it). Upstream,
+all of this module disappears: the mixin of :mod:`verl_stable.routing.fsdp` lives in ``FSDPEngineWithLMHead``.
+
+1. Registration (:func:`register_replay_engines`): no patch. For this process's engine key -- the
+   ``(device, vendor)`` pair ``EngineRegistry.get_engine_cls`` tries first -- it registers, through verl's
+   own ``EngineRegistry.register``, the replay subclass of the FSDP LM engine that the registry would hand
+   out (``language_model``, ``fsdp`` and ``fsdp2``). verl's device-only entries stay untouched; the value
+   model is not touched. Version check: verl == 0.9.1, else a warning and nothing is registered.
+   Upstream: the mixin's code lives in ``FSDPEngineWithLMHead`` (patch ``[fsdp] feat: MoE router replay``)
+   and this registration disappears.
+2. Import hook (``verl_stable/_post_import.py``, installed by ``verl_stable.plugin``): runs (1) right after
+   verl executes ``verl.workers.engine.fsdp.transformer_impl``. Kept because registering needs the engine
+   class, and importing verl's engine package from the plugin (at every ``import verl``) costs ~1.5 s per
+   process on top of ~4.8 s for ``import verl`` (measured on the CPU dev box, engine package after
+   ``import verl``) and, worse, resolves and caches verl's platform then (``transformer_impl`` calls
+   ``get_device_name()`` at module level): a platform plugin loaded after ours would never be used.
+   Upstream: (1) disappears; alternatively a lazy engine entry (``EngineRegistry.register`` accepting a
+   ``"module:Class"`` string as ``RolloutReplicaRegistry`` does) would make the hook unnecessary.
+3. Overridden engine methods (the mixin, each calls verl's own): ``forward_backward_batch``,
+   ``prepare_model_inputs``, ``forward_step``, ``disable_adapter``; reused helpers
+   ``build_attention_mask_from_nested``, ``ulysses_pad``, ``get_ulysses_sequence_parallel_rank``,
+   ``FSDPEngine._get_packed_pad_size`` / ``_gather_and_unpad_packed``. Version-checked with (1).
+   Upstream: the same code inside ``FSDPEngineWithLMHead``.
+4. Not patched: ``ActorRolloutRefWorker.__init__`` hard-codes ``enable_routing_replay = False`` for FSDP, so
+   verl's per-call flag (True for compute_log_prob / update_actor, False for compute_ref_log_prob) is never
+   set for FSDP; the engine treats an absent flag as "replay on" (the ref engine is protected by its own
+   config). Upstream: read ``actor.fsdp_config.router_replay.mode`` there too.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Optional
+
+from verl_stable.routing.fsdp import FSDP_STRATEGIES, MODE_KEY, RoutingReplayEngineMixin
+
+_MODEL_TYPE = "language_model"
+_REPLAY_CLASSES: dict[type, type] = {}
+
+
+def replay_engine_class(engine_cls: type) -> type:
+    """``engine_cls`` with :class:`RoutingReplayEngineMixin` in front (cached, idempotent)."""
+    if issubclass(engine_cls, RoutingReplayEngineMixin):
+        return engine_cls
+    cls = _REPLAY_CLASSES.get(engine_cls)
+    if cls is None:
+        cls = type(
+            f"RoutingReplay{engine_cls.__name__}",
+            (RoutingReplayEngineMixin, engine_cls),
+            {"__module__": __name__, "__doc__": f"{engine_cls.__name__} with verl-stable's R2/R3 routing replay."},
+        )
+        _REPLAY_CLASSES[engine_cls] = cls
+    return cls
+
+
+class UnsupportedVerlVersion(RuntimeError):
+    pass
+
+
+def _check_verl_version(installed: Optional[str] = None) -> None:
+    from importlib.metadata import version
+
+    from verl_stable import VERL_VERSION
+
+    installed = installed or version("verl")
+    if installed != VERL_VERSION:
+        raise UnsupportedVerlVersion(
+            f"verl-stable's FSDP routing replay ({MODE_KEY}=R2|R3) overrides verl=={VERL_VERSION}'s "
+            f"FSDPEngineWithLMHead internals; found verl=={installed}: not registered, the FSDP engine runs "
+            f"without routing replay. Install verl=={VERL_VERSION}."
+        )
+
+
+def _engine_key() -> tuple[str, str]:
+    """The ``(device, vendor)`` key ``EngineRegistry.get_engine_cls`` looks up first in this process."""
+    from verl.utils.device import get_device_name, get_vendor
+
+    return os.getenv("VERL_ENGINE_DEVICE") or get_device_name(), os.getenv("VERL_ENGINE_VENDOR") or get_vendor()
+
+
+def register_replay_engines() -> dict[str, type]:
+    """Register the replay-capable FSDP LM engine in verl's ``EngineRegistry`` for this process; return
+    ``{backend: class}`` for ``fsdp`` / ``fsdp2`` (idempotent).
+
+    Through verl's own ``EngineRegistry.register``, under the ``(device, vendor)`` key that
+    ``get_engine_cls`` tries before the device-only key verl (or the CPU backend) registered its engine
+    under: the class registered there is wrapped, not replaced, and every other entry is left alone.
+    A vendor key somebody else registered is left alone too (a warning: that engine runs without replay).
+    On a verl other than the pinned release: a warning, nothing registered.
+    """
+    try:
+        _check_verl_version()
+    except UnsupportedVerlVersion as exc:
+        warnings.warn(str(exc), stacklevel=2)
+        return {}
+    from verl.workers.engine.base import EngineRegistry
+    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
+
+    device, vendor = _engine_key()
+    out: dict[str, type] = {}
+    for backend in FSDP_STRATEGIES:
+        try:
+            registered = EngineRegistry.get_engine_cls(_MODEL_TYPE, backend)
+        except (AssertionError, ValueError):  # no FSDP LM engine for this device: nothing to replay on
+            continue
+        if issubclass(registered, RoutingReplayEngineMixin):
+            out[backend] = registered
+            continue
+        if not issubclass(registered, FSDPEngineWithLMHead) or not vendor:
+            warnings.warn(f"routing replay: {registered.__name__} ({backend}, {device}/{vendor}) is not verl's FSDP "
+                          "LM engine; it runs without routing replay", stacklevel=2)
+            continue
+        cls = replay_engine_class(registered)
+        try:
+            EngineRegistry.register(model_type=_MODEL_TYPE, backend=backend, device=device, vendor=vendor)(cls)
+        except AssertionError:  # verl refuses to register a key twice: a vendor plugin's own engine is there
+            warnings.warn(f"routing replay: verl's registry already has {registered.__name__} for ({backend}, "
+                          f"{device}, {vendor}); it runs without routing replay", stacklevel=2)
+            continue
+        out[backend] = cls
+    return out
