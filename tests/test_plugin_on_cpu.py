@@ -84,3 +84,23 @@ def test_doctor_hint_names_verls_plugin_switch():
     for policy in ("none", "other_plugin"):
         hint = plugin_policy_hint({"VERL_USE_EXTERNAL_PLUGINS": policy})
         assert f"VERL_USE_EXTERNAL_PLUGINS={policy}" in hint and "verl_stable" in hint
+
+
+def test_registration_keeps_a_patched_verls_own_copy():
+    """On a verl carrying patches/ (the losses live in verl.trainer.ppo.minirl_losses), the plugin keeps verl's."""
+    from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
+
+    from verl_stable.losses import PATCHED_VERL_MODULE, register_all
+
+    ours = POLICY_LOSS_REGISTRY["minirl"]
+
+    def verls_copy(*args, **kwargs):
+        raise AssertionError
+
+    verls_copy.__module__, verls_copy.__qualname__ = PATCHED_VERL_MODULE, ours.__qualname__
+    POLICY_LOSS_REGISTRY["minirl"] = verls_copy
+    try:
+        register_all()
+        assert POLICY_LOSS_REGISTRY["minirl"] is verls_copy
+    finally:
+        POLICY_LOSS_REGISTRY["minirl"] = ours

@@ -434,18 +434,23 @@ compute_policy_loss_minirl_no_clip: PolicyLossFn = LOSS_MODES["minirl_no_clip"]
 compute_policy_loss_seq_is: PolicyLossFn = LOSS_MODES["seq_is"]
 
 
+#: Where the upstream patch series puts these losses in verl's tree (scripts/make_patches.py).
+PATCHED_VERL_MODULE = "verl.trainer.ppo.minirl_losses"
+
+
 def register_all() -> None:
     """Register every loss in :data:`LOSS_MODES` into verl's registry; refuse to overwrite a foreign one.
 
     verl's own ``register_policy_loss`` silently overwrites; a name clash with another plugin must be loud.
-    Re-registering our own function (module reload) is a no-op.
+    Re-registering our own function (module reload) is a no-op, and so is meeting the same loss from a verl
+    that carries this project's upstream patch (``patches/``): verl's copy is kept.
     """
     from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY, register_policy_loss
 
     for name, fn in LOSS_MODES.items():
         existing = POLICY_LOSS_REGISTRY.get(name)
         if existing is not None:
-            if (existing.__module__, existing.__qualname__) == (fn.__module__, fn.__qualname__):
+            if existing.__qualname__ == fn.__qualname__ and existing.__module__ in (fn.__module__, PATCHED_VERL_MODULE):
                 continue
             raise RuntimeError(
                 f"verl-stable cannot register policy loss {name!r}: it is already registered by "
