@@ -62,3 +62,14 @@ def test_another_verl_release_registers_nothing_and_says_why(monkeypatch):
     monkeypatch.setattr("importlib.metadata.version", lambda name: "0.8.0")
     with pytest.warns(UserWarning, match=r"found verl==0\.8\.0: not registered"):
         assert fsdp.register_replay_engines() == {}
+
+
+def test_an_engine_that_replays_natively_is_never_wrapped_again():
+    """On a verl carrying the patch series, FSDPEngineWithLMHead already has the mixin (verl's own copy)."""
+    from verl_stable.routing.fsdp_plugin import replays_natively
+
+    verls_mixin = type("RoutingReplayEngineMixin", (), {"__module__": "verl.workers.engine.fsdp.router_replay"})
+    patched_engine = type("FSDPEngineWithLMHead", (verls_mixin,), {"__module__": "verl.workers.engine.fsdp"})
+    stock_engine = type("FSDPEngineWithLMHead", (), {"__module__": "verl.workers.engine.fsdp"})
+    assert replays_natively(patched_engine)
+    assert not replays_natively(stock_engine)

@@ -81,6 +81,14 @@ def _engine_key() -> tuple[str, str]:
     return os.getenv("VERL_ENGINE_DEVICE") or get_device_name(), os.getenv("VERL_ENGINE_VENDOR") or get_vendor()
 
 
+def replays_natively(engine_cls: type) -> bool:
+    """Whether verl's own engine already has the router-replay mixin (a verl with ``patches/`` applied, where
+    it lives in ``verl.workers.engine.fsdp.router_replay``)."""
+    return any(
+        c.__name__ == RoutingReplayEngineMixin.__name__ and c.__module__.startswith("verl.") for c in engine_cls.__mro__
+    )
+
+
 def register_replay_engines() -> dict[str, type]:
     """Register the replay-capable FSDP LM engine in verl's ``EngineRegistry`` for this process; return
     ``{backend: class}`` for ``fsdp`` / ``fsdp2`` (idempotent).
@@ -106,8 +114,8 @@ def register_replay_engines() -> dict[str, type]:
             registered = EngineRegistry.get_engine_cls(_MODEL_TYPE, backend)
         except (AssertionError, ValueError):  # no FSDP LM engine for this device: nothing to replay on
             continue
-        if issubclass(registered, RoutingReplayEngineMixin):
-            out[backend] = registered
+        if issubclass(registered, RoutingReplayEngineMixin) or replays_natively(registered):
+            out[backend] = registered  # ours already, or a verl carrying the patch series: never wrap twice
             continue
         if not issubclass(registered, FSDPEngineWithLMHead) or not vendor:
             warnings.warn(f"routing replay: {registered.__name__} ({backend}, {device}/{vendor}) is not verl's FSDP "
