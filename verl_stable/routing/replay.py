@@ -21,7 +21,9 @@ with none, a training loop ``push``-es each micro-batch's Routes before its forw
             state.push(routes_of(mb)); loss = f(model(**mb)); loss.backward()
     state.agreement()                         # counts over the whole batch
 
-A clean exit checks that every forward had its Routes and every Routes its forward. Gradient-checkpoint
+A clean exit checks that every forward had its Routes and every Routes its forward. Every Routes is checked
+when given or pushed: layer count, top-k and ``num_experts`` against the model, ids in range and distinct
+within a row (``Routes.check_ids``). Gradient-checkpoint
 recompute in backward re-fires the routers without a new model call, so it replays the routes of the latest
 forward: run each micro-batch's backward before the next micro-batch's forward (verl's loop does). Inside
 ``record`` a recompute replays what the forward recorded.
@@ -128,7 +130,8 @@ class ReplayState:
         self._counter = AgreementCounter(spec.num_layers) if track_agreement else None
 
     def _append(self, routes: Routes) -> None:
-        routes.check(self.spec, what=f"replayed routes[{len(self._queue)}]")
+        what = f"replayed routes[{len(self._queue)}]"
+        routes.check(self.spec, what=what).check_ids(what=what)
         self._queue.append(routes)
 
     def push(self, routes: Routes) -> None:

@@ -127,27 +127,50 @@ def _missing_rows(indices: torch.Tensor) -> torch.Tensor:
 def _check_rows(
     indices: torch.Tensor, valid: Optional[torch.Tensor], num_experts: int, what: str, offset: int = 0
 ) -> None:
-    """Range and no-duplicate checks on the rows that will be replayed (``offset``: first row's token index)."""
-    rows = indices[valid] if valid is not None else indices
-    if rows.numel() == 0:
+    """Range and no-duplicate checks on the rows that will be replayed (``offset``: first row's token index).
+
+    ``indices`` ``[tokens, layers, top_k]`` in any integer dtype (the compact uint8/uint16 of a Routes too).
+    One vectorised pass and one host sync when the rows are fine (this runs per micro-batch on replay); the
+    error path then locates the first offending row (range errors first: they mean routes of another model)."""
+    if indices.numel() == 0:
         return
-    lo, hi = int(rows.min()), int(rows.max())
-    if lo < 0 or hi >= num_experts:
-        bad = lo if lo < 0 else hi
+    if indices.dtype == torch.uint16:  # few uint16 kernels on CPU: compare through an int32 copy
+        indices = indices.view(torch.int16).to(torch.int32) & 0xFFFF
+    out_of_range = None
+    if torch.iinfo(indices.dtype).max >= num_experts:
+        out_of_range = (indices >= num_experts).any(dim=-1)
+    if indices.dtype.is_signed:
+        negative = (indices < 0).any(dim=-1)
+        out_of_range = negative if out_of_range is None else out_of_range | negative
+    bad = out_of_range
+    top_k = indices.shape[-1]
+    if top_k > 1:
+        # Every pair (i, i + d) of the top_k slots, compared on the slot-major copy (contiguous slices).
+        slots = indices.movedim(-1, 0).contiguous()
+        for d in range(1, top_k):
+            repeat = (slots[d:] == slots[:-d]).any(dim=0)
+            bad = repeat if bad is None else bad | repeat
+    if bad is None:
+        return
+    if valid is not None:
+        bad = bad & valid[:, None]
+    if not bool(bad.any()):
+        return
+    if out_of_range is not None and valid is not None:
+        out_of_range = out_of_range & valid[:, None]
+    if out_of_range is not None and bool(out_of_range.any()):
+        t, layer = (int(v) for v in out_of_range.nonzero()[0])
+        row = indices[t, layer]
+        id_ = int(row[(row < 0) | (row >= num_experts)][0])
         raise ValueError(
-            f"{what}: expert id {bad} out of range [0, {num_experts}); the routes do not belong to a model "
-            f"with num_experts={num_experts} (model config {_EXPERTS_KEYS})"
+            f"{what}: expert id {id_} out of range [0, {num_experts}) at token row {offset + t}, layer {layer}; "
+            f"the routes do not belong to a model with num_experts={num_experts} (model config {_EXPERTS_KEYS})"
         )
-    if rows.shape[-1] > 1:
-        srt = rows.sort(dim=-1).values
-        dup = (srt[..., 1:] == srt[..., :-1]).any(dim=-1)  # [T, L]
-        if bool(dup.any()):
-            t, layer = (int(v) for v in dup.nonzero()[0])
-            token = offset + (int(valid.nonzero()[t]) if valid is not None else t)
-            raise ValueError(
-                f"{what}: token row {token} repeats an expert in layer {layer} ({rows[t, layer].tolist()}); a "
-                f"route picks {rows.shape[-1]} distinct experts"
-            )
+    t, layer = (int(v) for v in bad.nonzero()[0])
+    raise ValueError(
+        f"{what}: token row {offset + t} repeats an expert in layer {layer} ({indices[t, layer].tolist()}); a "
+        f"route picks {top_k} distinct experts of num_experts={num_experts}"
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -155,7 +178,7 @@ class Routes:
     """Per-token expert ids ``experts[token, moe_layer, k]`` (uint8/uint16) plus which rows are real.
 
     Build with :meth:`from_indices` (or the engine/verl converters), which validates and compacts;
-    the constructor itself only checks the invariants it can check cheaply.
+    the constructor itself only checks dtype and shapes (:meth:`check_ids` checks the ids; replay runs it).
 
     Attributes:
         experts: ``[tokens, layers, top_k]`` uint8 (<= 256 experts) or uint16.
@@ -308,6 +331,15 @@ class Routes:
                 "be in the same layout as the model input (B*S rows for padded [B, S], nnz for packed [1, nnz], "
                 "after micro-batching and Ulysses slicing)"
             )
+        return self
+
+    def check_ids(self, what: str = "routes") -> "Routes":
+        """Raise ValueError unless every row with a route holds ``top_k`` distinct expert ids in
+        ``[0, num_experts)``; return self. The constructor does not look at the ids (Routes made by
+        :meth:`from_indices` and the converters are checked there); replay runs this on every Routes it is
+        given, so directly built ones fail with the offending token row and layer instead of an indexing
+        error, or a silent double count, inside the experts. One vectorised pass, one host sync."""
+        _check_rows(self.experts, self.valid, self.num_experts, what)
         return self
 
     # ---------------------------------------------------------------- token-axis transforms
