@@ -1,11 +1,12 @@
 """Edges of the replay API, for every router family: Routes built with the constructor are checked before they
-are replayed."""
+are replayed; one open context per model."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 from verl_stable.routing import Routes, RoutingReplay
+from verl_stable.routing.replay import _CLAIM
 
 from tests.helpers import FAMILIES, VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
 
@@ -25,7 +26,7 @@ def _assert_stock(model, family: str, x: torch.Tensor) -> None:
     """No hook, wrapper or claim left anywhere, and the output of a never-bound model, bit for bit."""
     for name, m in model.named_modules():
         assert not (m._forward_hooks or m._forward_pre_hooks), name
-        assert "route_tokens_to_experts" not in vars(m), name
+        assert _CLAIM not in vars(m) and "route_tokens_to_experts" not in vars(m), name
     with torch.no_grad():
         assert torch.equal(token_logprobs(model, x), token_logprobs(tiny_model(family), x))
 
@@ -127,3 +128,45 @@ def test_check_ids_matches_a_loop(num_experts, top_k):
             msg = f"out of range \\[0, {num_experts}\\) at token row {t}, layer {layer};"
         with pytest.raises(ValueError, match=msg):
             routes.check_ids()
+
+
+# ------------------------------------------------------------------ one context per model
+@pytest.mark.parametrize("family", FAMILIES)
+def test_two_contexts_on_one_model_are_refused(family):
+    model = tiny_model(family)
+    rr, other = RoutingReplay(model), RoutingReplay(model)
+    inner = RoutingReplay(model.model)  # the same routers, reached from the decoder stack
+    x = _ids(2, 6, seed=2)
+    routes = _random_routes(rr, x.numel(), seed=3)
+    refused = "already hooked by an open record\\(\\)/replay\\(\\) context of another RoutingReplay"
+
+    with ExpertTap(model, rr) as tap:
+        with rr.replay(routes):
+            for second in (other.replay(routes), other.record(), inner.replay(routes), inner.record()):
+                with pytest.raises(RuntimeError, match=refused):
+                    with second:
+                        pass
+            with pytest.raises(RuntimeError, match="already active"):
+                with rr.replay(routes):
+                    pass
+            assert not (other.active or inner.active)
+            # the first context still replays, on every layer
+            with torch.no_grad():
+                token_logprobs(model, x)
+        with rr.record() as rec:  # a record() is guarded the same way
+            for second in (other.replay(routes), other.record(), inner.record()):
+                with pytest.raises(RuntimeError, match=refused):
+                    with second:
+                        pass
+            with torch.no_grad():
+                model(input_ids=x)
+        assert rec.num_forwards == 1
+    for layer, calls in enumerate(tap.calls):
+        assert torch.equal(calls[0], routes.layer(layer))
+    _assert_stock(model, family, x)
+
+    # once the first context closed, the others bind the model in turn
+    for rr_next in (other, inner):
+        with rr_next.replay(routes), torch.no_grad():
+            token_logprobs(model, x)
+    _assert_stock(model, family, x)

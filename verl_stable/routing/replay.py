@@ -28,6 +28,10 @@ recompute in backward re-fires the routers without a new model call, so it repla
 forward: run each micro-batch's backward before the next micro-batch's forward (verl's loop does). Inside
 ``record`` a recompute replays what the forward recorded.
 
+One context per model at a time: a second ``record``/``replay`` binding routers that another open context
+(of this or another ``RoutingReplay``) has hooked is refused with a RuntimeError; the one exception is
+``record`` nested in ``replay`` of the same ``RoutingReplay``, which records what is replayed.
+
 Hooks exist only while a context is open; outside, the model is the stock model, bit for bit. Inside
 ``record`` the gate weights are recomputed from the chosen ids by the family rule, which is bit-identical
 to the stock weights (and gives the checkpoint recompute the same graph). Other models (a reference
@@ -39,6 +43,7 @@ Layouts: ``routes.py`` has the ones verl's FSDP engine applies to its model inpu
 
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from typing import Callable, Iterator, Optional, Sequence, Union
 
@@ -50,6 +55,11 @@ from verl_stable.routing.hf import RouterSite, find_routers, route_spec
 from verl_stable.routing.routes import RouteSpec, Routes, compact_dtype
 
 __all__ = ["RoutingReplay", "Recording", "ReplayState"]
+
+# Instance attribute a router module carries while an open context has hooked it: a weak reference to that
+# RoutingReplay. It lives on the model, never in this module (a copy of the model made meanwhile shares the
+# reference, and a claim whose owner does not hold that very module is void).
+_CLAIM = "_verl_stable_routing_replay"
 
 
 class Recording:
@@ -232,9 +242,40 @@ class RoutingReplay:
         return bool(self._removers)
 
     # ---------------------------------------------------------------- hooks
+    def _claimant(self, module: nn.Module) -> Optional["RoutingReplay"]:
+        """The RoutingReplay whose open context has hooked ``module`` (None: free)."""
+        ref = vars(module).get(_CLAIM)
+        owner = ref() if ref is not None else None
+        if owner is None or not owner.active or not any(s.module is module for s in owner.sites):
+            return None
+        return owner
+
+    def _claim_routers(self) -> None:
+        """Refuse to hook routers that another open context has hooked (its choices and ours would stack:
+        forward hooks chain, the last one wins), then mark them as ours."""
+        for site in self.sites:
+            owner = self._claimant(site.module)
+            if owner is not None and owner is not self:
+                raise RuntimeError(
+                    f"routing replay: the router {site.name!r} (decoder layer {site.decoder_layer}) of "
+                    f"{type(self.model).__name__} is already hooked by an open record()/replay() context of another "
+                    "RoutingReplay: two routing replay contexts on one model at once. Use one RoutingReplay per "
+                    "model (nest record() inside its replay() to record what is replayed), or close the other "
+                    "context first"
+                )
+        for site in self.sites:
+            vars(site.module)[_CLAIM] = weakref.ref(self)
+
+    def _release_routers(self) -> None:
+        for site in self.sites:
+            ref = vars(site.module).get(_CLAIM)
+            if ref is not None and ref() is self:
+                del vars(site.module)[_CLAIM]
+
     def _install(self) -> None:
         if self._removers:
             return
+        self._claim_routers()
         try:
             self._removers.append(self.model.register_forward_pre_hook(self._on_model_forward).remove)
             for layer, site in enumerate(self.sites):
@@ -246,6 +287,7 @@ class RoutingReplay:
     def _uninstall(self) -> None:
         while self._removers:
             self._removers.pop()()
+        self._release_routers()
 
     def _on_model_forward(self, module, args) -> None:
         if self._replaying is not None:
