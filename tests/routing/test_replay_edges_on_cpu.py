@@ -1,7 +1,10 @@
 """Edges of the replay API, for every router family: Routes built with the constructor are checked before they
-are replayed; one open context per model."""
+are replayed; one open context per model; a forward never takes another forward's routes (only a
+gradient-checkpoint recompute in backward reuses routes, those of the forward it belongs to)."""
 
 from __future__ import annotations
+
+import itertools
 
 import pytest
 import torch
@@ -170,3 +173,101 @@ def test_two_contexts_on_one_model_are_refused(family):
         with rr_next.replay(routes), torch.no_grad():
             token_logprobs(model, x)
     _assert_stock(model, family, x)
+
+
+# ------------------------------------------------------------------ one forward, its own routes
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_forward_never_takes_another_forwards_routes(family):
+    model = tiny_model(family)
+    rr = RoutingReplay(model)
+    first_layer = rr.spec.moe_layers[0]
+    x1, x2 = _ids(2, 5, seed=4), _ids(2, 5, seed=5)  # same shape: wrong routes would fit
+    r1, r2 = _random_routes(rr, 10, seed=6), _random_routes(rr, 10, seed=7)
+
+    # a second model call with nothing pushed for it
+    with pytest.raises(ValueError, match=r"1 Routes .* forward #2: push\(\) the routes of every forward"):
+        with rr.replay() as state, torch.no_grad():
+            state.push(r1)
+            model(input_ids=x1)
+            model(input_ids=x2)
+    # a forward the context cannot see (the decoder stack called, not the bound model) with routes pushed for it
+    with pytest.raises(RuntimeError, match="fired a second time in forward #1 outside backward.*state.push"):
+        with rr.replay() as state, torch.no_grad():
+            state.push(r1)
+            model(input_ids=x1)
+            state.push(r2)
+            model.model(input_ids=x2)
+    # ... and under record(): it would be recorded as (or replay) the first forward's routes
+    with pytest.raises(RuntimeError, match="fired a second time in forward #1 outside backward"):
+        with rr.record(), torch.no_grad():
+            model(input_ids=x1)
+            model.model(input_ids=x2)
+    # a forward whose token count differs from its pushed routes
+    mismatch = f"10 token rows but the router of decoder layer {first_layer} routes 12 tokens in forward #2"
+    with pytest.raises(ValueError, match=mismatch):
+        with rr.replay() as state, torch.no_grad():
+            state.push(r1)
+            model(input_ids=x1)
+            state.push(r2)
+            model(input_ids=_ids(2, 6, seed=8))
+    assert not rr.active
+    _assert_stock(model, family, x1)
+
+    # pushed routes for each forward: each forward gets its own
+    with ExpertTap(model, rr) as tap, rr.replay() as state, torch.no_grad():
+        for x, r in ((x1, r1), (x2, r2)):
+            state.push(r)
+            model(input_ids=x)
+    for layer, calls in enumerate(tap.calls):
+        assert [torch.equal(c, r.layer(layer)) for c, r in zip(calls, (r1, r2))] == [True, True]
+
+
+@pytest.mark.parametrize("family,reentrant", list(itertools.product(FAMILIES, [False, True])))
+def test_recompute_replays_the_forward_it_belongs_to(family, reentrant):
+    """Forward 1, forward 2, then backward 1 and backward 2: each checkpoint recompute replays the routes of
+    the forward whose graph it recomputes (not the latest forward's), and the gradients equal those without
+    checkpointing."""
+    x1, x2 = _ids(2, 6, seed=9), _ids(2, 6, seed=10)
+
+    def run(checkpointing: bool):
+        model = tiny_model(family).train()
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": reentrant})
+        rr = RoutingReplay(model)
+        r1, r2 = _random_routes(rr, 12, seed=11), _random_routes(rr, 12, seed=12)
+        with ExpertTap(model, rr) as tap, rr.replay(track_agreement=True) as state:
+            state.push(r1)
+            loss1 = token_logprobs(model, x1).sum()
+            state.push(r2)
+            loss2 = token_logprobs(model, x2).sum()
+            loss1.backward()
+            loss2.backward()
+        expected = (r1, r2, r1, r2) if checkpointing else (r1, r2)
+        for layer, calls in enumerate(tap.calls):
+            assert len(calls) == len(expected)
+            assert all(torch.equal(c, r.layer(layer)) for c, r in zip(calls, expected))
+        assert state.agreement().tokens.tolist() == [24.0] * rr.spec.num_layers  # recompute not counted
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    plain, ckpt = run(False), run(True)
+    assert plain.keys() == ckpt.keys()
+    for name in plain:
+        torch.testing.assert_close(ckpt[name], plain[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("family", ["qwen3_moe", "deepseek_v3"])
+def test_record_recompute_replays_the_forward_it_belongs_to(family):
+    model = tiny_model(family).train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    rr = RoutingReplay(model)
+    x1, x2 = _ids(2, 6, seed=13), _ids(2, 6, seed=14)
+    with ExpertTap(model, rr) as tap, rr.record() as rec:
+        loss1 = token_logprobs(model, x1).sum()
+        loss2 = token_logprobs(model, x2).sum()
+        loss1.backward()
+        loss2.backward()
+    first, second = rec.routes
+    assert not first.equal(second)
+    for layer, calls in enumerate(tap.calls):
+        expected = (first, second, first, second)
+        assert len(calls) == 4 and all(torch.equal(c, r.layer(layer)) for c, r in zip(calls, expected))

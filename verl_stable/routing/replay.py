@@ -23,10 +23,12 @@ with none, a training loop ``push``-es each micro-batch's Routes before its forw
 
 A clean exit checks that every forward had its Routes and every Routes its forward. Every Routes is checked
 when given or pushed: layer count, top-k and ``num_experts`` against the model, ids in range and distinct
-within a row (``Routes.check_ids``). Gradient-checkpoint
-recompute in backward re-fires the routers without a new model call, so it replays the routes of the latest
-forward: run each micro-batch's backward before the next micro-batch's forward (verl's loop does). Inside
-``record`` a recompute replays what the forward recorded.
+within a row (``Routes.check_ids``). A forward never reuses another forward's routes: a model call beyond
+the Routes given raises, and so does a router that fires again outside backward within one forward (a
+submodule called instead of the bound model). Only gradient-checkpoint recompute, which re-fires the
+routers inside backward without a model call, reuses routes: those of the forward whose output the
+backward is running through (the latest forward when that output cannot be seen); inside ``record`` a
+recompute replays what that forward recorded.
 
 One context per model at a time: a second ``record``/``replay`` binding routers that another open context
 (of this or another ``RoutingReplay``) has hooked is refused with a RuntimeError; the one exception is
@@ -44,8 +46,9 @@ Layouts: ``routes.py`` has the ones verl's FSDP engine applies to its model inpu
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import Callable, Iterator, Optional, Sequence, Union
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -62,6 +65,37 @@ __all__ = ["RoutingReplay", "Recording", "ReplayState"]
 _CLAIM = "_verl_stable_routing_replay"
 
 
+def _in_backward() -> bool:
+    """True while the autograd engine runs a backward on this thread: a router firing then is a
+    gradient-checkpoint recompute (reentrant or not), not a forward."""
+    return torch._C._current_graph_task_id() != -1
+
+
+def _grad_outputs(obj: Any, depth: int = 0) -> list[torch.Tensor]:
+    """Tensors requiring grad in a model's output (a tensor, a ModelOutput / dict, a tuple / list of them)."""
+    if isinstance(obj, torch.Tensor):
+        return [obj] if obj.requires_grad else []
+    if depth > 2:
+        return []
+    if isinstance(obj, Mapping):
+        items = obj.values()
+    elif isinstance(obj, (tuple, list)):
+        items = obj
+    else:
+        return []
+    return [t for item in items for t in _grad_outputs(item, depth + 1)]
+
+
+def _second_firing(decoder_layer: int, forward: int) -> RuntimeError:
+    return RuntimeError(
+        f"routing replay: the router of decoder layer {decoder_layer} fired a second time in forward #{forward} "
+        "outside backward, i.e. a forward the context did not see (a submodule called instead of the model the "
+        "RoutingReplay is bound to). Call the bound model for every forward, with its own routes (replay(): "
+        "state.push(routes) before each forward); only gradient-checkpoint recompute in backward reuses a "
+        "forward's routes"
+    )
+
+
 class Recording:
     """What ``RoutingReplay.record()`` collected: ``routes[i]`` is the i-th forward's Routes
     (``[tokens, moe_layers, top_k]``, tokens in the order the routers saw them, on the model's device): the
@@ -74,8 +108,10 @@ class Recording:
         self._keep_native = native
         self._forwards: list[list[Optional[torch.Tensor]]] = []
         self._native: list[list[Optional[torch.Tensor]]] = []
+        self._backward_of: Optional[int] = None  # forward (1-based) whose output a running backward reached
 
     def _start_forward(self) -> None:
+        self._backward_of = None
         self._forwards.append([None] * self.spec.num_layers)
         if self._keep_native:
             self._native.append([None] * self.spec.num_layers)
@@ -84,6 +120,20 @@ class Recording:
         if not self._forwards:  # a router fired outside a call of the bound model: count it as one forward
             self._start_forward()
         return self._forwards[-1], (self._native[-1] if self._keep_native else None)
+
+    def _recorded_for_recompute(self, layer: int, native: torch.Tensor) -> torch.Tensor:
+        """What MoE layer ``layer`` recorded in the forward a checkpoint recompute (in backward) belongs to."""
+        forward = self._backward_of or len(self._forwards)
+        slots = self._forwards[forward - 1] if forward else [None] * self.spec.num_layers
+        recorded = slots[layer]
+        if recorded is None or recorded.shape[0] != native.shape[0]:
+            have = "nothing" if recorded is None else f"{recorded.shape[0]} tokens"
+            raise RuntimeError(
+                f"routing record: a checkpoint recompute in backward re-ran the router of decoder layer "
+                f"{self.spec.moe_layers[layer]} on {native.shape[0]} tokens, but forward #{forward} recorded "
+                f"{have} there: call the bound model itself so that each forward is seen"
+            )
+        return recorded.to(torch.int64)
 
     @property
     def num_forwards(self) -> int:
@@ -116,7 +166,9 @@ class ReplayState:
 
     Which Routes a forward uses: one Routes for every forward, or one per forward in order, given up front or
     :meth:`push`-ed before each forward (a training loop that lays out each micro-batch's routes as it goes).
-    A gradient-checkpoint recompute replays the routes of the latest forward.
+    A forward beyond the Routes given or pushed raises; so does a router firing twice in one forward outside
+    backward. A gradient-checkpoint recompute (in backward) replays the routes of the forward whose output
+    the backward runs through (the latest forward if no output of the model was seen).
 
     With ``track_agreement=True``, :meth:`agreement` reports how often the experts the model would have picked
     itself equal the replayed ones (:class:`verl_stable.diagnostics.AgreementCounts`): the train-inference
@@ -125,6 +177,7 @@ class ReplayState:
     def __init__(self, routes: Union[Routes, Sequence[Routes], None], spec: RouteSpec, track_agreement: bool):
         self.spec = spec
         self._single = isinstance(routes, Routes)
+        self._pushed = routes is None
         self._queue: list[Routes] = []
         if routes is None:
             pass  # pushed per forward
@@ -135,8 +188,9 @@ class ReplayState:
             for r in queue:
                 self._append(r)
         self.num_forwards = 0
-        self._current: Optional[Routes] = None
+        self._on_device: Optional[tuple[int, Routes]] = None  # (queue index, that Routes on the routers' device)
         self._fired: set[int] = set()
+        self._backward_of: Optional[int] = None  # forward (1-based) whose output a running backward reached
         self._counter = AgreementCounter(spec.num_layers) if track_agreement else None
 
     def _append(self, routes: Routes) -> None:
@@ -152,13 +206,20 @@ class ReplayState:
 
     def _start_forward(self) -> None:
         if not self._single and self.num_forwards >= len(self._queue):
+            how = "had" if self._pushed else "was given"
+            fix = (
+                "push() the routes of every forward before it runs"
+                if self._pushed
+                else "give one Routes per forward, or replay(routes) with one Routes to use it for every forward"
+            )
             raise ValueError(
-                f"replay() was given {len(self._queue)} Routes (one per forward) but the model ran forward "
-                f"#{self.num_forwards + 1}"
+                f"replay() {how} {len(self._queue)} Routes (one per forward) but the model ran forward "
+                f"#{self.num_forwards + 1}: {fix}; a forward never reuses another forward's routes"
             )
         self._end_forward()
-        self._current = None
+        self._on_device = None
         self._fired = set()
+        self._backward_of = None
         self.num_forwards += 1
 
     def _end_forward(self) -> None:
@@ -170,30 +231,41 @@ class ReplayState:
                 )
             self._counter.end_forward()
 
-    def _routes_for_this_forward(self, device: torch.device) -> Routes:
-        if self.num_forwards == 0:
-            self._start_forward()
-        if self._current is None or self._current.device != device:
-            self._current = self._queue[0 if self._single else self.num_forwards - 1].to(device)
-        return self._current
+    def _routes_of(self, forward: int, device: torch.device) -> Routes:
+        """The Routes of forward ``forward`` (1-based) on ``device`` (one copy kept: the latest one used)."""
+        i = 0 if self._single else forward - 1
+        if self._on_device is None or self._on_device[0] != i or self._on_device[1].device != device:
+            self._on_device = (i, self._queue[i].to(device))
+        return self._on_device[1]
 
     def indices(self, layer: int, native: torch.Tensor) -> torch.Tensor:
         """The expert ids MoE layer ``layer`` must use, given what the router picked (``native``)."""
-        routes = self._routes_for_this_forward(native.device)
+        recompute = _in_backward()
+        if recompute:
+            forward = self._backward_of or self.num_forwards
+            if forward == 0:
+                raise RuntimeError("routing replay: a router fired in backward before any forward of the context")
+        else:
+            if self.num_forwards == 0:
+                self._start_forward()  # the routers fired without a call of the bound model: that is forward #1
+            elif layer in self._fired:
+                raise _second_firing(self.spec.moe_layers[layer], self.num_forwards)
+            forward = self.num_forwards
+        routes = self._routes_of(forward, native.device)
         if routes.num_tokens != native.shape[0]:
             raise ValueError(
                 f"replayed routes have {routes.num_tokens} token rows but the router of decoder layer "
-                f"{self.spec.moe_layers[layer]} routes {native.shape[0]} tokens in forward #{self.num_forwards}: "
-                "pass routes in the layout of the model input (B*S rows for [B, S], nnz for packed [1, nnz], per "
-                "micro-batch, after Ulysses slicing)"
+                f"{self.spec.moe_layers[layer]} routes {native.shape[0]} tokens in forward #{forward}"
+                f"{' (checkpoint recompute)' if recompute else ''}: pass routes in the layout of the model input "
+                "(B*S rows for [B, S], nnz for packed [1, nnz], per micro-batch, after Ulysses slicing)"
             )
         idx = routes.layer(layer)
         if routes.valid is not None:
             idx = torch.where(routes.valid[:, None], idx, native)
-        # First firing per layer and forward only: a checkpoint recompute is not double-counted.
-        if self._counter is not None and layer not in self._fired:
-            self._counter.add_layer(layer, native, idx, routes.valid)
-        self._fired.add(layer)
+        if not recompute:  # a checkpoint recompute is not counted twice
+            if self._counter is not None:
+                self._counter.add_layer(layer, native, idx, routes.valid)
+            self._fired.add(layer)
         return idx
 
     def _check_all_used(self) -> None:
@@ -205,7 +277,7 @@ class ReplayState:
 
     def agreement(self) -> AgreementCounts:
         """Agreement of each router's own top-k with the replayed experts over every forward so far (first
-        firing per layer; recompute not double-counted), as counts with their rates (``agreement``,
+        firing per layer and forward; recompute not double-counted), as counts with their rates (``agreement``,
         ``expert_overlap``, ``tokens_mismatch_any_layer``, ``tokens_without_route``). ``without_route`` counts
         the rows without a route (routed natively), pad rows included. Raises if the latest forward did not
         reach every MoE layer."""
@@ -278,6 +350,7 @@ class RoutingReplay:
         self._claim_routers()
         try:
             self._removers.append(self.model.register_forward_pre_hook(self._on_model_forward).remove)
+            self._removers.append(self.model.register_forward_hook(self._on_model_output).remove)
             for layer, site in enumerate(self.sites):
                 self._removers.append(site.adapter.install(site.module, self._chooser(layer)))
         except Exception:
@@ -295,6 +368,23 @@ class RoutingReplay:
         if self._recording is not None:
             self._recording._start_forward()
 
+    def _on_model_output(self, module, args, output) -> None:
+        """Tag this forward's output: when a backward reaches it, the checkpoint recomputes that follow belong
+        to this forward (a training loop may run forward 1, forward 2, then backward 1)."""
+        contexts = [c for c in (self._replaying, self._recording) if c is not None]
+        tensors = _grad_outputs(output) if contexts else []
+        if not tensors:
+            return None
+        tags = [(c, c.num_forwards) for c in contexts]
+
+        def backward_reached(_grad):
+            for context, forward in tags:
+                context._backward_of = forward
+
+        for t in tensors:
+            t.register_hook(backward_reached)
+        return None
+
     def _chooser(self, layer: int) -> Callable[[torch.Tensor], Optional[torch.Tensor]]:
         def choose(native: torch.Tensor) -> Optional[torch.Tensor]:
             chosen = None
@@ -302,21 +392,18 @@ class RoutingReplay:
                 chosen = self._replaying.indices(layer, native)
             rec = self._recording
             if rec is not None:
+                if _in_backward():
+                    # A checkpoint recompute: make it use what its forward recorded (replayed or not).
+                    if chosen is None:
+                        chosen = rec._recorded_for_recompute(layer, native)
+                    return chosen
                 slots, native_slots = rec._slots()
-                if slots[layer] is None:
-                    dtype = compact_dtype(self.spec.num_experts)
-                    slots[layer] = (native if chosen is None else chosen).detach().to(dtype)
-                    if native_slots is not None:
-                        native_slots[layer] = native.detach().to(dtype)
-                elif chosen is None:
-                    # A second firing in the same forward is a checkpoint recompute: make it use what was recorded.
-                    if slots[layer].shape[0] != native.shape[0]:
-                        raise RuntimeError(
-                            f"router of decoder layer {self.spec.moe_layers[layer]} fired twice in one forward with "
-                            f"{slots[layer].shape[0]} then {native.shape[0]} tokens: call the bound model itself so "
-                            "that each forward is seen"
-                        )
-                    chosen = slots[layer].to(torch.int64)
+                if slots[layer] is not None:
+                    raise _second_firing(self.spec.moe_layers[layer], rec.num_forwards)
+                dtype = compact_dtype(self.spec.num_experts)
+                slots[layer] = (native if chosen is None else chosen).detach().to(dtype)
+                if native_slots is not None:
+                    native_slots[layer] = native.detach().to(dtype)
                 if chosen is None:
                     # Take the replay path for the recorded forward too: non-reentrant checkpointing requires the
                     # recompute (which replays) to build the same graph as the forward did.
