@@ -62,7 +62,7 @@ __all__ = ["RoutingReplay", "Recording", "ReplayState"]
 # Instance attribute a router module carries while an open context has hooked it: a weak reference to that
 # RoutingReplay. It lives on the model, never in this module (a copy of the model made meanwhile shares the
 # reference, and a claim whose owner does not hold that very module is void).
-_CLAIM = "_verl_stable_routing_replay"
+_CLAIM = "_routing_replay_claim"
 
 
 def _in_backward() -> bool:
@@ -79,7 +79,7 @@ def _grad_outputs(obj: Any, depth: int = 0) -> list[torch.Tensor]:
         return []
     if isinstance(obj, Mapping):
         items = obj.values()
-    elif isinstance(obj, (tuple, list)):
+    elif isinstance(obj, tuple | list):
         items = obj
     else:
         return []
