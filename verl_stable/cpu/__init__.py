@@ -129,8 +129,15 @@ def _register_engine() -> None:
     Looked up with verl's public ``get_engine_cls``, which resolves the device through the platform: ``cpu``
     once :func:`_register_platform` ran (``VERL_PLATFORM=cpu``).
     """
-    from verl.workers.engine.base import EngineRegistry
-    from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
+    import warnings
+
+    # verl's engine package warns once per process for each optional engine that is not installed
+    # (torchtitan, veomni, automodel, mindspeed, megatron): never present on a CPU machine, and repeated by
+    # every Ray process, so exactly those messages are ignored while it is imported here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"\w+ engine is not available", category=UserWarning)
+        from verl.workers.engine.base import EngineRegistry
+        from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead, FSDPEngineWithValueHead
 
     for model_type, cls in (("language_model", FSDPEngineWithLMHead), ("value_model", FSDPEngineWithValueHead)):
         for backend in ("fsdp", "fsdp2"):

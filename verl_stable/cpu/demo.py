@@ -28,9 +28,6 @@ from verl_stable.cpu.hf_engine import SUPPORTED_QUANTIZATION
 from verl_stable.cpu.overrides import cpu_overrides
 
 GROUP_SIZE = 8
-#: verl warns once per process (7 of them) that optional training engines are not installed; on a CPU
-#: machine that is expected, so the demo filters exactly these messages (Ray workers inherit the variable).
-_OPTIONAL_ENGINE_WARNINGS = ("torchtitan", "veomni", "automodel", "mindspeed", "megatron")
 
 
 def _env(run_dir: Path, metrics: Path) -> dict:
@@ -40,7 +37,6 @@ def _env(run_dir: Path, metrics: Path) -> dict:
         cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
     except ImportError:  # pragma: no cover - psutil comes with ray[default]
         cores = os.cpu_count() or 1
-    filters = ",".join(f"ignore:{name} engine is not available" for name in _OPTIONAL_ENGINE_WARNINGS)
     return {
         **os.environ,
         **CPU_RAY_ENV,
@@ -49,7 +45,6 @@ def _env(run_dir: Path, metrics: Path) -> dict:
         # TransferQueue asks torch for 8 threads and warns ~120 times a step when the machine has fewer
         # physical cores; asking for what exists silences it at the source.
         "TQ_NUM_THREADS": os.environ.get("TQ_NUM_THREADS", str(min(8, cores))),
-        "PYTHONWARNINGS": ",".join(filter(None, (os.environ.get("PYTHONWARNINGS"), filters))),
     }
 
 
