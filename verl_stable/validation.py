@@ -68,18 +68,13 @@ class ConfigError(ValueError):
         return [issue.key for issue in self.issues]
 
 
-def _get(config: Any, key: str, default: Any = None) -> Any:
-    value = OmegaConf.select(config, key, default=default) if isinstance(config, DictConfig) else _walk(config, key)
+def _get(config: DictConfig, key: str, default: Any = None) -> Any:
+    value = OmegaConf.select(config, key, default=default)
     return default if value is None else value
 
 
-def _walk(config: Any, key: str) -> Any:
-    node = config
-    for part in key.split("."):
-        if node is None:
-            return None
-        node = node.get(part, None) if hasattr(node, "get") else getattr(node, part, None)
-    return node
+def _divisors(n: int) -> str:
+    return _fmt(d for d in range(1, n + 1) if n % d == 0)
 
 
 def _fmt(values) -> str:
@@ -201,19 +196,14 @@ def check_routing_replay(config) -> Iterator[ConfigIssue]:
 
 def _check_model_routes(config, mode: str) -> Iterator[ConfigIssue]:
     """Read the model's config (local files only: no hub traffic before Ray) and refuse models without routers."""
-    from verl_stable.routing.hf import ADAPTERS
+    from verl_stable.routing.hf import ADAPTERS, num_routed_experts
 
     path = _get(config, "actor_rollout_ref.model.path")
     hf_config = _load_model_config(path, bool(_get(config, "actor_rollout_ref.model.trust_remote_code", False)))
     if hf_config is None:
         return  # not readable locally (hub id on a cluster): the engine checks when it builds the model
-    text = getattr(hf_config, "text_config", None) or hf_config
-    num_experts = next(
-        (getattr(text, k) for k in ("n_routed_experts", "num_experts", "num_local_experts") if getattr(text, k, None)),
-        0,
-    )
     model_type = getattr(hf_config, "model_type", "?")
-    if not num_experts or not getattr(text, "num_experts_per_tok", None):
+    if not num_routed_experts(hf_config):
         yield ConfigIssue(
             "routing_replay", mode, f"the model at actor_rollout_ref.model.path={path} (model_type {model_type}) is "
             "dense: it has no routed experts to replay; drop routing_replay (or set "
@@ -301,14 +291,14 @@ def check_batch_sizes(config) -> Iterator[ConfigIssue]:
             yield ConfigIssue(
                 f"{ACTOR}.ppo_mini_batch_size", mini, f"must divide data.train_batch_size={prompts} (prompts per "
                 "step; the step makes train_batch_size / ppo_mini_batch_size updates)",
-                _fmt(d for d in range(1, prompts + 1) if prompts % d == 0),
+                _divisors(prompts),
             )
         elif isinstance(micro, int) and micro >= 1 and (mini * n) % (dp * micro):
             per_rank = mini * n // dp
             yield ConfigIssue(
                 f"{ACTOR}.ppo_micro_batch_size_per_gpu", micro, f"must divide the {per_rank} responses each rank "
                 f"gets per mini-batch (ppo_mini_batch_size={mini} × rollout.n={n} / {dp} ranks)",
-                _fmt(d for d in range(1, per_rank + 1) if per_rank % d == 0),
+                _divisors(per_rank),
             )
     log_micro = _get(config, f"{ROLLOUT}.log_prob_micro_batch_size_per_gpu")
     per_rank = prompts * n // dp
@@ -316,7 +306,7 @@ def check_batch_sizes(config) -> Iterator[ConfigIssue]:
         yield ConfigIssue(
             f"{ROLLOUT}.log_prob_micro_batch_size_per_gpu", log_micro, f"must divide the {per_rank} responses each "
             f"rank scores per step (data.train_batch_size={prompts} × rollout.n={n} / {dp} ranks)",
-            _fmt(d for d in range(1, per_rank + 1) if per_rank % d == 0),
+            _divisors(per_rank),
         )
 
 

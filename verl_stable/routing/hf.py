@@ -39,7 +39,8 @@ import torch.nn as nn
 
 from verl_stable.routing.routes import RouteSpec
 
-__all__ = ["RouterAdapter", "RouterSite", "ADAPTERS", "find_routers", "route_spec", "moe_layers_from_config"]
+__all__ = ["RouterAdapter", "RouterSite", "ADAPTERS", "find_routers", "route_spec", "moe_layers_from_config",
+           "num_routed_experts"]
 
 Choose = Callable[[torch.Tensor], Optional[torch.Tensor]]
 
@@ -281,12 +282,23 @@ def moe_layers_from_config(config) -> tuple[int, ...]:
     return tuple(range(n))  # Mixtral, OLMoE, gpt-oss: every layer is MoE
 
 
+def num_routed_experts(config) -> int:
+    """Routed experts per MoE layer from a HF config; 0 for a dense model (no routers to replay)."""
+    text = _text_config(config)
+    if not getattr(text, "num_experts_per_tok", None):
+        return 0
+    return next(
+        (getattr(text, key) for key in ("n_routed_experts", "num_experts", "num_local_experts") if getattr(text, key, None)),
+        0,
+    )
+
+
 def spec_from_config(config) -> RouteSpec:
     """RouteSpec from a HF config (for converting engine routes where no model is instantiated)."""
     text = _text_config(config)
-    num_experts = next(
-        getattr(text, key) for key in ("n_routed_experts", "num_experts", "num_local_experts") if hasattr(text, key)
-    )
+    num_experts = num_routed_experts(text)
+    if not num_experts:
+        raise ValueError(f"model_type {getattr(config, 'model_type', '?')} is dense: it has no routed experts")
     return RouteSpec(
         num_experts=num_experts,
         top_k=text.num_experts_per_tok,
