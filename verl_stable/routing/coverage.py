@@ -92,7 +92,8 @@ class RouteCoverage:
             "Likely cause: the rollout engine's MoE kernel path does not capture routes -- vLLM's FlashInfer "
             "TRT-LLM MoE kernels (BF16/FP8/NVFP4 on Blackwell) return all-zero routes (vllm-project/vllm#44116, "
             "fixed only after vLLM 0.26); vLLM returns no routes with pipeline parallel > 1 or KV connectors. "
-            "Use an engine version / MoE backend that returns routes, or fall back: routing_replay=R2 "
+            "Use an engine version / MoE backend that returns routes (vLLM: --moe-backend triton, i.e. "
+            "actor_rollout_ref.rollout.engine_kwargs.vllm.moe_backend=triton), or fall back: routing_replay=R2 "
             f"({_MODE_KEY}=R2, {_ROUTE_RETURN_KEY}=False) or no replay ({_MODE_KEY}=disabled); to accept the "
             f"gap, raise {MAX_UNROUTED_KEY}."
         )

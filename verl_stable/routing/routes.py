@@ -537,7 +537,7 @@ def decode_sglang_routed_experts(payload: Any, spec: RouteSpec) -> np.ndarray:
     Raises ValueError on a payload that is not base64, a byte count that is not whole int32s, an id count
     that is not a multiple of ``num_hidden_layers * top_k``, or ids outside ``[0, num_experts)``."""
     what = "SGLang meta_info['routed_experts']"
-    if isinstance(payload, (str, bytes)):
+    if isinstance(payload, str | bytes):
         try:
             raw = base64.b64decode(payload, validate=True)
         except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
