@@ -112,3 +112,19 @@ def test_vllm_token_output_compacted():
     out = compact_token_output(out, SPEC)
     assert out.routed_experts.dtype == np.uint8 and out.routed_experts.shape == (3, 5, 3)
     assert compact_token_output(TokenOutput(token_ids=[1]), SPEC).routed_experts is None
+
+
+def test_generate_reads_verls_numpy_branch_with_the_rest_of_the_config_kept():
+    """After launch the SGLang server's generate must take verl's ``captured.numpy()`` branch for both settings
+    (the other imports a module SGLang 0.5.12 moved); verl's frozen RolloutConfig is rebuilt, not mutated."""
+    from verl.workers.config import RolloutConfig
+
+    from verl_stable.rollout import decoded_routes_config
+
+    config = RolloutConfig(name="sglang", skip_tokenizer_init=False, enable_rollout_routing_replay=True,
+                           max_model_len=96, response_length=32)
+    view = decoded_routes_config(config)
+    assert view.skip_tokenizer_init is True and config.skip_tokenizer_init is False
+    assert (view.name, view.enable_rollout_routing_replay, view.max_model_len, view.response_length) == (
+        "sglang", True, 96, 32)
+    assert decoded_routes_config(view) is view

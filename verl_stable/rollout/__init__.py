@@ -34,7 +34,9 @@ import numpy as np
 __all__ = [
     "ENGINES",
     "RoutesDecodingTokenizerManager",
+    "compact_token_output",
     "decode_sglang_output",
+    "decoded_routes_config",
     "register_route_returning_replicas",
     "spec_for_server",
 ]
@@ -71,6 +73,15 @@ def decode_sglang_output(output: dict, spec) -> dict:
         return output
     routes = decode_sglang_routed_experts(payload, spec)
     return {**output, "meta_info": {**meta, "routed_experts": torch.from_numpy(np.ascontiguousarray(routes))}}
+
+
+def decoded_routes_config(config):
+    """verl's ``RolloutConfig`` as the SGLang server's ``generate`` should read it once routes arrive decoded:
+    ``skip_tokenizer_init=True`` (its ``captured.numpy()`` branch; the other branch imports a module SGLang
+    0.5.12 no longer has). Used after launch only: SGLang itself was launched with the user's setting."""
+    import dataclasses
+
+    return config if config.skip_tokenizer_init else dataclasses.replace(config, skip_tokenizer_init=True)
 
 
 class RoutesDecodingTokenizerManager:

@@ -11,12 +11,10 @@ Upstream change that removes this module: the decode in ``SGLangHttpServer.gener
 
 from __future__ import annotations
 
-import dataclasses
-
 import ray
 from verl.workers.rollout.sglang_rollout.async_sglang_server import SGLangHttpServer, SGLangReplica
 
-from verl_stable.rollout import RoutesDecodingTokenizerManager, spec_for_server
+from verl_stable.rollout import RoutesDecodingTokenizerManager, decoded_routes_config, spec_for_server
 
 __all__ = ["RoutesDecodingSGLangHttpServer", "Replica"]
 
@@ -31,9 +29,7 @@ class RoutesDecodingSGLangHttpServer(SGLangHttpServer):
         if not self.config.enable_rollout_routing_replay or manager is None:
             return
         self.tokenizer_manager = RoutesDecodingTokenizerManager(manager, spec_for_server(self.model_config.hf_config))
-        if not self.config.skip_tokenizer_init:
-            # generate's other branch imports a module SGLang 0.5.12 no longer has; the payload is the same.
-            self.config = dataclasses.replace(self.config, skip_tokenizer_init=True)
+        self.config = decoded_routes_config(self.config)
 
 
 class Replica(SGLangReplica):

@@ -31,6 +31,11 @@ The replay lifecycle, per ``forward_backward_batch`` (all of it in :class:`Batch
     collect   forward_step             record: the forward's routes back to nested ``model_output[...]``
     close     forward_backward_batch   also on error; the context's agreement counts become metrics
 
+R3 never silently becomes no replay: at the first sight of a batch (the π_old pass; the first update under bypass
+mode) :func:`batch_route_coverage` counts real tokens without a rollout route (all-zero rows) against the expected
+ones (one final sampled token per sequence, tool/environment tokens) and stops with an error beyond
+``router_replay.max_unrouted_fraction`` (:mod:`verl_stable.routing.coverage`).
+
 Not replayed: the reference model (its engine has its own ``ref.fsdp_config`` with mode ``disabled``; a
 LoRA "ref in actor" pass runs inside ``disable_adapter()``, which suspends replay here), critics (the value
 model engine is another registry entry, untouched).
