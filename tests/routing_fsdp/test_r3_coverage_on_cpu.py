@@ -120,3 +120,54 @@ def test_tool_tokens_without_routes_pass_in_both_batch_layouts(process_group, ti
     assert out["metrics"]["routing/old_pass/tokens_without_route"] == [
         pytest.approx((tools + mask.shape[0]) / n_real, abs=1e-12)
     ]
+
+
+def _coverage_worker(rank: int, world: int, port: int, sp: int, result_dir: str):
+    import os
+    from types import SimpleNamespace
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    import torch.distributed as dist
+
+    from verl_stable.routing.coverage import UnroutedTokensError, route_coverage
+    from verl_stable.routing.fsdp import RoutingReplayEngineMixin
+
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        # data parallel (sp=1): rank 0's rollout routes are all zero, rank 1's are fine (final tokens only);
+        # Ulysses (sp=2): both ranks hold the same healthy shard
+        all_zero = sp == 1 and rank == 0
+        rows = torch.zeros(10, NUM_LAYERS, TOP_K, dtype=torch.int16)
+        if not all_zero:
+            rows[:, :, 1] = 1  # a distinct pair (0, 1) per layer
+            rows[[4, 9]] = 0  # the final token of each of the 2 sequences
+        local = route_coverage(rows, sequences=2)
+        engine = SimpleNamespace(ulysses_sequence_parallel_size=sp)
+        merged = RoutingReplayEngineMixin._rr_global_coverage(engine, local)
+        try:
+            merged.check(0.0)
+            verdict = "ok"
+        except UnroutedTokensError:
+            verdict = "stop"
+        torch.save({"local": local, "merged": merged, "verdict": verdict}, f"{result_dir}/rank{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_every_rank_reaches_the_same_verdict(tmp_path):
+    """A rank stopping alone would leave the others in FSDP's collectives: the counts are summed over the
+    ranks first (Ulysses copies of a shard counted once)."""
+    import torch.multiprocessing as mp
+
+    from tests.helpers.engine import free_port
+
+    for sp, verdict in ((1, "stop"), (2, "ok")):
+        mp.spawn(_coverage_worker, args=(2, free_port(), sp, str(tmp_path)), nprocs=2, join=True)
+        results = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(2)]
+        assert [r["verdict"] for r in results] == [verdict, verdict]
+        assert results[0]["merged"] == results[1]["merged"]
+        if sp == 1:
+            assert results[1]["local"].ok() and not results[0]["local"].ok()
+            assert (results[0]["merged"].tokens, results[0]["merged"].without_route) == (20, 12)
+        else:
+            assert results[0]["merged"] == results[0]["local"]

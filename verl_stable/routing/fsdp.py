@@ -273,6 +273,24 @@ class RoutingReplayEngineMixin:
             rr, "max_unrouted_fraction", None)
         return 0.0 if value is None else float(value)
 
+    def _rr_global_coverage(self, local: RouteCoverage) -> RouteCoverage:
+        """The coverage of the whole batch, summed over the ranks: every rank reaches the same verdict (a rank
+        stopping alone would leave the others waiting in FSDP's collectives). Ulysses ranks hold copies of
+        their data-parallel shard, counted once."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized() or dist.get_world_size() <= 1:
+            return local
+        from verl.utils.device import get_device_id
+
+        counts = torch.tensor(
+            [local.tokens, local.without_route, local.sequences, local.environment_tokens], dtype=torch.int64
+        ).to(get_device_id())
+        dist.all_reduce(counts)
+        sp = max(1, int(getattr(self, "ulysses_sequence_parallel_size", 1) or 1))
+        tokens, without, sequences, environment = (int(v) // sp for v in counts.cpu())
+        return RouteCoverage(tokens, without, sequences, environment)
+
     @property
     def routing_replay(self):
         """The :class:`~verl_stable.routing.RoutingReplay` bound to this engine's model (built on first use,
@@ -327,7 +345,7 @@ class RoutingReplayEngineMixin:
         if action == REPLAY and self.routing_replay_mode == "R3":
             # First sight of the batch is the π_old pass (the first update under bypass mode): an engine that
             # returned all-zero routes stops R3 here instead of silently becoming no replay.
-            batch_route_coverage(data).check(self.max_unrouted_fraction)
+            self._rr_global_coverage(batch_route_coverage(data)).check(self.max_unrouted_fraction)
         self._rr_pass = batch = BatchReplay(self, action)
         try:
             with batch:
