@@ -409,7 +409,34 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
                 "  # Unused by the FSDP engine (kept for the shared config class)\n"
                 "  record_file: null\n\n"
                 "  # Unused by the FSDP engine (kept for the shared config class)\n"
-                "  replay_file: null\n",
+                "  replay_file: null\n\n"
+                "  # R3: fraction of real tokens allowed to lack a rollout route beyond one final token per\n"
+                "  # sequence and the tool/environment tokens (all-zero engine routes stop R3 otherwise)\n"
+                "  max_unrouted_fraction: 0.0\n",
+            ),
+            Edit(
+                "verl/workers/config/engine.py",
+                "    mode: str = \"disabled\"\n"
+                "    record_file: Optional[str] = None\n"
+                "    replay_file: Optional[str] = None\n\n"
+                "    def __post_init__(self):\n"
+                "        \"\"\"Validate router replay configuration.\"\"\"\n"
+                "        valid_modes = [\"disabled\", \"R2\", \"R3\"]\n"
+                "        if self.mode not in valid_modes:\n"
+                "            raise ValueError(f\"Invalid router_replay mode: {self.mode}. Must be one of {valid_modes}\")\n",
+                "    mode: str = \"disabled\"\n"
+                "    record_file: Optional[str] = None\n"
+                "    replay_file: Optional[str] = None\n"
+                "    # R3 on the FSDP engine: fraction of real tokens allowed to lack a rollout route beyond the expected\n"
+                "    # ones (one final sampled token per sequence, tool/environment tokens) before replay stops.\n"
+                "    max_unrouted_fraction: float = 0.0\n\n"
+                "    def __post_init__(self):\n"
+                "        \"\"\"Validate router replay configuration.\"\"\"\n"
+                "        valid_modes = [\"disabled\", \"R2\", \"R3\"]\n"
+                "        if self.mode not in valid_modes:\n"
+                "            raise ValueError(f\"Invalid router_replay mode: {self.mode}. Must be one of {valid_modes}\")\n"
+                "        if not 0.0 <= self.max_unrouted_fraction <= 1.0:\n"
+                "            raise ValueError(f\"router_replay.max_unrouted_fraction={self.max_unrouted_fraction} must be in [0, 1]\")\n",
             ),
             CopyTree("verl_stable/config/routing_replay", "verl/trainer/config/routing_replay", pattern="*.yaml"),
             # the shared test helpers (tiny models, random routes, log-probs, expert taps); the FSDP engine
@@ -601,6 +628,112 @@ the trainer worker and receives weights from the naive checkpoint engine.
         ),
     )
 )
+
+PATCHES.append(
+    Patch(
+        slug="rollout-sglang-routed-experts",
+        title="[rollout, sglang] fix: decode SGLang >= 0.5.11 routed experts; compact R3 routes",
+        body="""\
+### What does this PR do?
+
+SGLang >= 0.5.11 (verl pins 0.5.12) returns `meta_info["routed_experts"]` as a base64 string of the raw
+int32 `[seq_len - 1, num_hidden_layers, top_k]` tensor in BOTH `skip_tokenizer_init` settings: the
+detokenizer encodes it (`DetokenizerManager._b64_encode_per_request`), or, when `skip_tokenizer_init`
+bypasses the detokenizer, the tokenizer manager does. `SGLangHttpServer.generate` then fails for R3
+(`rollout.enable_rollout_routing_replay=True`): with `skip_tokenizer_init=True` (the default) it calls
+`.numpy()` on the string (AttributeError); otherwise it imports
+`sglang.srt.layers.moe.routed_experts_capturer`, which SGLang 0.5.12 moved to
+`sglang.srt.state_capturer.routed_experts` (ImportError).
+
+This PR decodes the payload in one pure function (`decode_sglang_routed_experts` in
+`verl/utils/routing_replay/routes.py`) for both settings, validating the byte and id counts against the
+served model (`num_hidden_layers * num_experts_per_tok`) and the id range. Both servers (SGLang and vLLM, whose
+`CompletionOutput.routed_experts` is numpy int32) now hand the agent loop the routes in the compact dtype of
+the routing-replay container -- uint8 up to 256 experts, uint16 above -- a quarter of the int32 bytes
+through Ray for a 128-expert model; the shape stays `[n, num_hidden_layers, top_k]`.
+
+### Test
+
+`tests/utils/routing_replay/test_engine_routes_on_cpu.py`: payloads built step by step as SGLang 0.5.12 builds
+them (each step citing its source file), decoded for both `skip_tokenizer_init` settings and compared with
+SGLang's own reader; uint8 / uint16; an empty payload; wrong widths, non-int32 byte counts, non-base64 and
+out-of-range ids raise `ValueError` naming the model config keys; vLLM's read-only int32 arrays compacted.
+
+### API and Usage Example
+
+```bash
+python -m verl.trainer.main_ppo ... actor_rollout_ref.rollout.name=sglang +routing_replay=R3
+```
+
+### Specific Changes
+
+{files}
+
+### Checklist Before Submitting
+
+- [x] Read the Contribute Guide; title follows `[{modules}] {type}: {description}`.
+- [x] ruff (verl's config, ruff 0.12.2) clean.
+- [x] CPU unit tests (`*_on_cpu.py`).
+""",
+        ops=[
+            Edit(
+                "verl/workers/rollout/sglang_rollout/async_sglang_server.py",
+                """        routed_experts = None
+        if self.config.enable_rollout_routing_replay:
+            if self.config.skip_tokenizer_init:
+                # convert to numpy
+                captured = output.get("meta_info", {}).get("routed_experts", None)
+                routed_experts = captured.numpy() if captured is not None else None
+            else:
+                from sglang.srt.layers.moe.routed_experts_capturer import extract_routed_experts_from_meta_info
+
+                hf_config = self.model_config.hf_config
+                if not hasattr(hf_config, "num_hidden_layers") or not hasattr(hf_config, "num_experts_per_tok"):
+                    raise AttributeError(
+                        "enable_rollout_routing_replay is set, but hf_config is missing "
+                        "'num_hidden_layers' or 'num_experts_per_tok'. This feature requires an MoE model "
+                        "configuration that defines these attributes."
+                    )
+                routed_experts = extract_routed_experts_from_meta_info(output).reshape(
+                    -1, hf_config.num_hidden_layers, hf_config.num_experts_per_tok
+                )
+""",
+                """        routed_experts = None
+        if self.config.enable_rollout_routing_replay:
+            # SGLang >= 0.5.11: base64 of int32 [seq_len - 1, num_hidden_layers, top_k] whatever
+            # skip_tokenizer_init; decoded into the routes' compact dtype (uint8 <= 256 experts, uint16 above).
+            captured = meta_info.get("routed_experts", None)
+            if captured is not None:
+                from verl.utils.routing_replay.hf import spec_from_config
+                from verl.utils.routing_replay.routes import decode_sglang_routed_experts
+
+                routed_experts = decode_sglang_routed_experts(captured, spec_from_config(self.model_config.hf_config))
+""",
+            ),
+            Edit(
+                "verl/workers/rollout/vllm_rollout/vllm_async_server.py",
+                """        routed_experts = None
+        if self.config.enable_rollout_routing_replay:
+            routed_experts = final_res.outputs[0].routed_experts
+""",
+                """        routed_experts = None
+        if self.config.enable_rollout_routing_replay:
+            routed_experts = final_res.outputs[0].routed_experts
+            if routed_experts is not None:
+                # numpy int32 [n, num_hidden_layers, top_k] -> the routes' compact dtype, same shape
+                from verl.utils.routing_replay.hf import spec_from_config
+                from verl.utils.routing_replay.routes import compact_engine_routes
+
+                routed_experts = compact_engine_routes(
+                    routed_experts, spec_from_config(self.model_config.hf_config), "vLLM routed_experts"
+                )
+""",
+            ),
+        ],
+        tests=("tests/utils/routing_replay/test_engine_routes_on_cpu.py",),
+    )
+)
+
 
 # ============================================================================================ rewriting
 #: module names the copy operations do not imply (test helpers imported by their bare name today)
@@ -1094,7 +1227,6 @@ def readme(result: list[tuple[Patch, list[str]]], out_dir: Path) -> str:
         "Apply to a verl 0.9.1 git checkout with `git am patches/verl-0.9.1/*.patch`, or to an unpacked sdist",
         "one patch at a time, in order (later patches touch lines earlier ones changed):\n",
         "    for p in patches/verl-0.9.1/*.patch; do git apply --check \"$p\" && git apply \"$p\" || break; done\n",
-        "Slot 4 is reserved for `[sglang, rollout] fix: decode base64 routed experts` (not written yet).\n",
         "How it is checked (`pytest tests/patches`, about 2.5 minutes on 2 CPU cores): regenerate and compare;",
         "apply each committed patch in order to the unpacked sdist with `git apply --check` / `git apply`;",
         "import the patched tree with `verl_stable` made unimportable; run, in one pytest process against the",

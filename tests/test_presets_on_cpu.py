@@ -46,14 +46,22 @@ def test_minirl_preset_sets_the_paper_recipe():
 
 def test_without_a_preset_it_is_plain_verl():
     """verl's ppo_trainer exactly, except the FSDP router-replay block spelled out with verl's own default
-    (so that ...fsdp_config.router_replay.mode=R2 works without '+')."""
+    (so that ...fsdp_config.router_replay.mode=R2 works without '+'), on verl-stable's subclass of verl's class
+    that adds R3's max_unrouted_fraction."""
     from verl.workers.config import EngineRouterReplayConfig
+
+    from verl_stable.routing.fsdp_plugin import RouterReplayConfig
 
     ours = OmegaConf.to_container(compose(), resolve=False)
     ours.pop("hydra", None)
     replay = ours["actor_rollout_ref"]["actor"]["fsdp_config"].pop("router_replay")
-    assert replay == {"_target_": "verl.workers.config.EngineRouterReplayConfig", "mode": "disabled"}
-    assert EngineRouterReplayConfig().mode == "disabled"
+    assert replay == {
+        "_target_": "verl_stable.routing.fsdp_plugin.RouterReplayConfig",
+        "mode": "disabled",
+        "max_unrouted_fraction": 0.0,
+    }
+    assert issubclass(RouterReplayConfig, EngineRouterReplayConfig)
+    assert RouterReplayConfig().mode == EngineRouterReplayConfig().mode == "disabled"
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
     from hydra.core.global_hydra import GlobalHydra

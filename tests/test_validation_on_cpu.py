@@ -113,6 +113,13 @@ MISTAKES = [
     (["routing_replay=R2", f"{CORR}.bypass_mode=true"], "minirl", f"{CORR}.bypass_mode"),
     (["routing_replay=R3", f"{ACTOR}.strategy=megatron"], "minirl", f"{ACTOR}.strategy"),
     (["routing_replay=R3", "actor_rollout_ref.rollout.name=hf"], "minirl", "actor_rollout_ref.rollout.name"),
+    (["routing_replay=R3", f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction=1.5"], "minirl",
+     f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction"),
+    (["routing_replay=R3", f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction=lots"], "minirl",
+     f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction"),
+    (["routing_replay=R3", f"{ACTOR}.fsdp_config.router_replay._target_=verl.workers.config.EngineRouterReplayConfig",
+      f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction=0.1"], "minirl",
+     f"{ACTOR}.fsdp_config.router_replay._target_"),
 ]
 
 
@@ -148,6 +155,20 @@ def test_verl_validate_config_failures_become_one_line(run_dir):
 def test_documented_replay_key_works_without_plus(run_dir):
     config = _validate(run_dir, f"{ACTOR}.fsdp_config.router_replay.mode=R2")
     assert config.actor_rollout_ref.actor.fsdp_config.router_replay.mode == "R2"
+
+
+def test_r3_tolerance_survives_verls_dataclass_conversion(run_dir):
+    """R3's coverage tolerance is set without '+', validated, and reaches the FSDP engine's config object."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from verl_stable.routing.fsdp_plugin import RouterReplayConfig
+
+    config = _validate(run_dir, "routing_replay=R3", f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction=0.05")
+    actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
+    replay = actor.engine.router_replay
+    assert isinstance(replay, RouterReplayConfig) and replay.mode == "R3" and replay.max_unrouted_fraction == 0.05
+    with pytest.raises(ValueError, match="max_unrouted_fraction"):
+        RouterReplayConfig(mode="R3", max_unrouted_fraction=2.0)
 
 
 def test_stale_updates_example_from_the_demo_header_validates(run_dir):

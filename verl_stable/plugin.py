@@ -31,3 +31,15 @@ def _register_fsdp_routing_replay(_module) -> None:
 
 
 _after_import("verl.workers.engine.fsdp.transformer_impl", _register_fsdp_routing_replay)
+
+
+# R3 with SGLang / vLLM: verl's replica loaders for those names wrapped so their servers hand the agent loop
+# decoded, compact routes (verl_stable.rollout). Registered when verl imports its replica registry; the engine
+# packages themselves are imported only when verl asks for the replica, and only installed ones are wrapped.
+def _register_route_returning_replicas(_module) -> None:
+    from verl_stable.rollout import register_route_returning_replicas
+
+    register_route_returning_replicas()
+
+
+_after_import("verl.workers.rollout.replica", _register_route_returning_replicas)

@@ -28,6 +28,7 @@ from typing import Any, Iterator, Optional
 from omegaconf import DictConfig, OmegaConf
 
 from verl_stable.losses import AGG_MODE_KEY, LOSS_MODE_KEY, LOSS_VARIANTS, ROLLOUT_IS_KEY, check_clip_range
+from verl_stable.routing.coverage import MAX_UNROUTED_KEY
 from verl_stable.routing.fsdp import FSDP_STRATEGIES, MODE_KEY, REPLAY_MODES, ROUTE_RETURN_KEY
 
 ACTOR = "actor_rollout_ref.actor"
@@ -155,7 +156,31 @@ def replay_mode(config) -> str:
     return str(_get(config, FSDP_REPLAY_KEY, "disabled"))
 
 
+#: The router_replay block class that carries ``max_unrouted_fraction`` (verl's own class has no such field).
+ROUTER_REPLAY_CONFIG = "verl_stable.routing.fsdp_plugin.RouterReplayConfig"
+
+
+def check_unrouted_tolerance(config) -> Iterator[ConfigIssue]:
+    """R3's coverage guard tolerance: a fraction, on a router_replay block whose class has the field."""
+    value = OmegaConf.select(config, MAX_UNROUTED_KEY, default=None)
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        yield ConfigIssue(
+            MAX_UNROUTED_KEY, value, "R3's tolerance for real tokens without a rollout route (beyond one final "
+            "token per sequence and the tool/environment tokens) is a fraction of the real tokens",
+            "a number in [0, 1]; 0.0 stops on any unexpected unrouted token",
+        )
+    target = OmegaConf.select(config, FSDP_REPLAY_KEY.rsplit(".", 1)[0] + "._target_", default=None)
+    if target is not None and target != ROUTER_REPLAY_CONFIG:
+        yield ConfigIssue(
+            FSDP_REPLAY_KEY.rsplit(".", 1)[0] + "._target_", target, f"{MAX_UNROUTED_KEY} is a field of "
+            f"verl-stable's router_replay class, not of {target}", ROUTER_REPLAY_CONFIG,
+        )
+
+
 def check_routing_replay(config) -> Iterator[ConfigIssue]:
+    yield from check_unrouted_tolerance(config)
     mode = replay_mode(config)
     if mode not in REPLAY_MODES:
         yield ConfigIssue(FSDP_REPLAY_KEY, mode, "unknown routing-replay mode", _fmt(REPLAY_MODES))

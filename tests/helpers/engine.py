@@ -34,8 +34,11 @@ def free_port() -> int:
 
 def make_engine(model_path: str, *, mode: str, use_remove_padding: bool, use_dynamic_bsz: bool,
                 gradient_checkpointing: bool = True, lr: float = 0.0, micro_batch_size: int = 2,
-                max_token_len: int = 40, pad_to_length: bool = False, lora_rank: int = 0):
-    """verl's FSDP2 LM engine (as the registry hands it out: with our replay mixin) on the tiny model."""
+                max_token_len: int = 40, pad_to_length: bool = False, lora_rank: int = 0,
+                router_replay=None):
+    """verl's FSDP2 LM engine (as the registry hands it out: with our replay mixin) on the tiny model.
+    ``router_replay``: the engine config's router_replay block (default: verl's ``EngineRouterReplayConfig`` with
+    ``mode``)."""
     from verl.trainer.config import CheckpointConfig
     from verl.workers.config import EngineRouterReplayConfig, FSDPEngineConfig, FSDPOptimizerConfig, HFModelConfig
     from verl.workers.engine import EngineRegistry
@@ -65,7 +68,7 @@ def make_engine(model_path: str, *, mode: str, use_remove_padding: bool, use_dyn
         pad_to_length_bucket=16,
         # fp32 end to end: bit-identity claims are about routing, not bf16 rounding.
         mixed_precision={"param_dtype": "fp32", "reduce_dtype": "fp32", "buffer_dtype": "fp32"},
-        router_replay=EngineRouterReplayConfig(mode=mode),
+        router_replay=router_replay if router_replay is not None else EngineRouterReplayConfig(mode=mode),
     )
     optimizer_config = FSDPOptimizerConfig(lr=lr, weight_decay=0.0, clip_grad=1e9, lr_warmup_steps_ratio=0.0)
     engine = EngineRegistry.new(

@@ -31,6 +31,11 @@ The replay lifecycle, per ``forward_backward_batch`` (all of it in :class:`Batch
     collect   forward_step             record: the forward's routes back to nested ``model_output[...]``
     close     forward_backward_batch   also on error; the context's agreement counts become metrics
 
+R3 never silently becomes no replay: at the first sight of a batch (the π_old pass; the first update under bypass
+mode) :func:`batch_route_coverage` counts real tokens without a rollout route (all-zero rows) against the expected
+ones (one final sampled token per sequence, tool/environment tokens) and stops with an error beyond
+``router_replay.max_unrouted_fraction`` (:mod:`verl_stable.routing.coverage`).
+
 Not replayed: the reference model (its engine has its own ``ref.fsdp_config`` with mode ``disabled``; a
 LoRA "ref in actor" pass runs inside ``disable_adapter()``, which suspends replay here), critics (the value
 model engine is another registry entry, untouched).
@@ -53,6 +58,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from verl_stable.diagnostics import AgreementCounts
+from verl_stable.routing.coverage import RouteCoverage, route_coverage
 from verl_stable.routing.routes import RouteSpec, Routes, model_input_rows, padded_mask, strip_model_input_pad
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "ROUTE_RETURN_KEY",
     "BatchReplay",
     "MicroBatchLayout",
+    "batch_route_coverage",
     "RoutingReplayEngineMixin",
 ]
 
@@ -209,6 +216,30 @@ class BatchReplay:
         return self.context.agreement().with_without_route(self.without_route)
 
 
+# ---------------------------------------------------------------------------------------------- R3 coverage
+def batch_route_coverage(data) -> RouteCoverage:
+    """:func:`~verl_stable.routing.coverage.route_coverage` of the batch verl hands the engine: nested
+    ``routed_experts`` ``[b, j, layers, top_k]`` (one row per real token), and the tool/environment tokens
+    from ``response_mask`` -- nested per real response token (verl's v1 trainer) or padded ``[b, R]`` with the
+    padded ``attention_mask`` (legacy trainer). Without a ``response_mask`` only the final tokens are allowed."""
+    routed = data[ROUTES_KEY]
+    if getattr(routed, "is_nested", False):
+        rows, sequences = routed.values(), routed.size(0)
+    else:  # padded [b, S, layers, top_k]: the real rows are the attention mask's
+        mask = data["attention_mask"].bool()
+        rows, sequences = routed[mask], routed.shape[0]
+    environment = 0
+    response_mask = data.get("response_mask", None)
+    if response_mask is not None:
+        if getattr(response_mask, "is_nested", False):
+            environment = int((response_mask.values() == 0).sum())
+        elif data.get("attention_mask", None) is not None:
+            attention = data["attention_mask"]
+            real_response = attention[:, -response_mask.shape[1] :].bool()
+            environment = int((real_response & ~response_mask.bool()).sum())
+    return route_coverage(rows, sequences, environment)
+
+
 # ---------------------------------------------------------------------------------------------- the mixin
 class RoutingReplayEngineMixin:
     """Put in front of verl's FSDP LM engine class (see :func:`replay_engine_class`). With
@@ -232,6 +263,33 @@ class RoutingReplayEngineMixin:
         if mode not in REPLAY_MODES:
             raise ValueError(f"{MODE_KEY}={mode!r}; must be one of {REPLAY_MODES}")
         return mode
+
+    @property
+    def max_unrouted_fraction(self) -> float:
+        """R3's tolerance for real tokens without a rollout route beyond the expected ones (see
+        :mod:`verl_stable.routing.coverage`); 0.0 unless the router_replay block sets it."""
+        rr = getattr(self.engine_config, "router_replay", None)
+        value = rr.get("max_unrouted_fraction", None) if isinstance(rr, Mapping) else getattr(
+            rr, "max_unrouted_fraction", None)
+        return 0.0 if value is None else float(value)
+
+    def _rr_global_coverage(self, local: RouteCoverage) -> RouteCoverage:
+        """The coverage of the whole batch, summed over the ranks: every rank reaches the same verdict (a rank
+        stopping alone would leave the others waiting in FSDP's collectives). Ulysses ranks hold copies of
+        their data-parallel shard, counted once."""
+        import torch.distributed as dist
+
+        if not dist.is_initialized() or dist.get_world_size() <= 1:
+            return local
+        from verl.utils.device import get_device_id
+
+        counts = torch.tensor(
+            [local.tokens, local.without_route, local.sequences, local.environment_tokens], dtype=torch.int64
+        ).to(get_device_id())
+        dist.all_reduce(counts)
+        sp = max(1, int(getattr(self, "ulysses_sequence_parallel_size", 1) or 1))
+        tokens, without, sequences, environment = (int(v) // sp for v in counts.cpu())
+        return RouteCoverage(tokens, without, sequences, environment)
 
     @property
     def routing_replay(self):
@@ -284,6 +342,10 @@ class RoutingReplayEngineMixin:
             return super().forward_backward_batch(data, loss_function, forward_only=forward_only)
         if self._rr_pass is not None:
             raise RuntimeError("forward_backward_batch re-entered while a routing replay pass is open")
+        if action == REPLAY and self.routing_replay_mode == "R3":
+            # First sight of the batch is the π_old pass (the first update under bypass mode): an engine that
+            # returned all-zero routes stops R3 here instead of silently becoming no replay.
+            self._rr_global_coverage(batch_route_coverage(data)).check(self.max_unrouted_fraction)
         self._rr_pass = batch = BatchReplay(self, action)
         try:
             with batch:

@@ -23,7 +23,12 @@ all of this module disappears: the mixin of :mod:`verl_stable.routing.fsdp` live
    ``build_attention_mask_from_nested``, ``ulysses_pad``, ``get_ulysses_sequence_parallel_rank``,
    ``FSDPEngine._get_packed_pad_size`` / ``_gather_and_unpad_packed``. Version-checked with (1).
    Upstream: the same code inside ``FSDPEngineWithLMHead``.
-4. Not patched: ``ActorRolloutRefWorker.__init__`` hard-codes ``enable_routing_replay = False`` for FSDP, so
+4. Config: :class:`RouterReplayConfig`, verl's ``EngineRouterReplayConfig`` plus R3's
+   ``max_unrouted_fraction`` (:mod:`verl_stable.routing.coverage`), is the ``_target_`` of the
+   ``fsdp_config.router_replay`` block in verl-stable's trainer configs, so the key survives verl's
+   config -> dataclass conversion (a subclass: verl's own checks of the block still apply). Upstream: the field
+   on ``EngineRouterReplayConfig``.
+5. Not patched: ``ActorRolloutRefWorker.__init__`` hard-codes ``enable_routing_replay = False`` for FSDP, so
    verl's per-call flag (True for compute_log_prob / update_actor, False for compute_ref_log_prob) is never
    set for FSDP; the engine treats an absent flag as "replay on" (the ref engine is protected by its own
    config). Upstream: read ``actor.fsdp_config.router_replay.mode`` there too.
@@ -33,11 +38,36 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from typing import Optional
 
+from verl.workers.config import EngineRouterReplayConfig
+
+from verl_stable.routing.coverage import MAX_UNROUTED_KEY
 from verl_stable.routing.fsdp import FSDP_STRATEGIES, MODE_KEY, RoutingReplayEngineMixin
 
 _MODEL_TYPE = "language_model"
+
+
+@dataclass
+class RouterReplayConfig(EngineRouterReplayConfig):
+    """verl's router-replay block plus R3's coverage tolerance.
+
+    Args:
+        max_unrouted_fraction: under R3, the fraction of real tokens that may lack a rollout route beyond the
+            expected ones (one final sampled token per sequence, tool/environment tokens) before the FSDP
+            engine stops with an error; 0.0 (default): none may.
+    """
+
+    max_unrouted_fraction: float = 0.0
+
+    def __post_init__(self):
+        super().__post_init__()
+        value = self.max_unrouted_fraction
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{MAX_UNROUTED_KEY}={value!r}: must be a fraction in [0, 1]")
+
+
 _REPLAY_CLASSES: dict[type, type] = {}
 
 

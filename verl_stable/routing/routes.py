@@ -37,6 +37,9 @@ __all__ = [
     "padded_mask",
     "model_input_rows",
     "strip_model_input_pad",
+    "compact_numpy_dtype",
+    "compact_engine_routes",
+    "decode_sglang_routed_experts",
 ]
 
 # The key names a user can fix in their model config, per question asked.
@@ -403,26 +406,18 @@ class Routes:
 
     @classmethod
     def from_sglang(cls, meta_info: dict, spec: RouteSpec, num_tokens: Optional[int] = None) -> "Routes":
-        """SGLang ``/generate`` output ``meta_info["routed_experts"]``: a base64 string of the flat row-major
-        ids (dtype ``meta_info["routed_experts_dtype"]``, int32 when absent), or a tensor when the server
-        runs with ``skip_tokenizer_init``. Rows are ``[positions, num_hidden_layers * top_k]``."""
+        """SGLang ``/generate`` output (or its ``meta_info``) ``["routed_experts"]``, decoded by
+        :func:`decode_sglang_routed_experts` (SGLang >= 0.5.11: a base64 string of int32
+        ``[seq_len - 1, num_hidden_layers, top_k]``, whatever ``skip_tokenizer_init``; older releases with
+        ``skip_tokenizer_init``: a tensor), then as :meth:`from_engine` (dense layers dropped, the final token
+        appended without a route)."""
         payload = meta_info.get("meta_info", meta_info).get("routed_experts")
         if payload is None:
             raise ValueError(
                 "SGLang output has no meta_info['routed_experts']: launch with enable_return_routed_experts "
                 "(verl: actor_rollout_ref.rollout.enable_rollout_routing_replay=True)"
             )
-        if isinstance(payload, str):
-            dtype = np.dtype(meta_info.get("meta_info", meta_info).get("routed_experts_dtype") or "int32")
-            payload = np.frombuffer(base64.b64decode(payload), dtype=dtype)
-        flat = _as_int_tensor(payload, "SGLang routed_experts").reshape(-1)
-        width = spec.num_hidden_layers * spec.top_k
-        if flat.numel() % width:
-            raise ValueError(
-                f"SGLang routed_experts hold {flat.numel()} ids, not a multiple of num_hidden_layers * "
-                f"{_TOPK_KEY} = {spec.num_hidden_layers} * {spec.top_k}"
-            )
-        return cls.from_engine(flat.view(-1, spec.num_hidden_layers, spec.top_k), spec, num_tokens)
+        return cls.from_engine(decode_sglang_routed_experts(payload, spec), spec, num_tokens)
 
     @classmethod
     def from_verl_batch(cls, routed_experts: torch.Tensor, attention_mask: torch.Tensor, spec: RouteSpec) -> "Routes":
@@ -482,6 +477,86 @@ class Routes:
             )
         values = self.experts.to(torch.int16)
         return torch.nested.nested_tensor_from_jagged(values, offsets=input_ids.offsets().to(values.device))
+
+
+# ---------------------------------------------------------------- rollout engine payloads (one sequence, numpy)
+_LAYERS_KEY = "num_hidden_layers"
+
+
+def compact_numpy_dtype(num_experts: int) -> np.dtype:
+    """:func:`compact_dtype` as a numpy dtype (uint8 up to 256 experts, uint16 above)."""
+    return np.dtype(np.uint8) if compact_dtype(num_experts) == torch.uint8 else np.dtype(np.uint16)
+
+
+def compact_engine_routes(routed_experts: Any, spec: RouteSpec, what: str = "engine routed_experts") -> np.ndarray:
+    """One sequence's routes as an engine returns them (vLLM's ``CompletionOutput.routed_experts``: numpy int32
+    ``[n, num_hidden_layers, top_k]``) in the compact dtype, same shape, for verl's agent loop: 1/4 of the
+    int32 bytes for <= 256 experts. All layers are kept (dense ones hold zeros; :meth:`Routes.from_engine`
+    drops them); rows of zeros stay zero (tokens the engine never routed).
+
+    Raises ValueError on a non-integer dtype, a shape other than ``[n, num_hidden_layers, top_k]`` (or the
+    flat ``[n, num_hidden_layers * top_k]``) of ``spec``, or ids outside ``[0, num_experts)``."""
+    if isinstance(routed_experts, torch.Tensor):
+        routed_experts = routed_experts.cpu().numpy()
+    arr = np.asarray(routed_experts)
+    if not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"{what}: expert ids must be integers, got dtype {arr.dtype}")
+    layers, top_k = spec.num_hidden_layers, spec.top_k
+    if arr.ndim == 2 and arr.shape[1] == layers * top_k:
+        arr = arr.reshape(arr.shape[0], layers, top_k)
+    if arr.ndim != 3 or arr.shape[1:] != (layers, top_k):
+        raise ValueError(
+            f"{what}: shape {tuple(arr.shape)} is not [tokens, {_LAYERS_KEY}={layers}, {_TOPK_KEY}={top_k}]: "
+            f"routes of another model, or a model config that differs from the served one ({_LAYERS_KEY} / "
+            f"{_TOPK_KEY})"
+        )
+    dtype = compact_numpy_dtype(spec.num_experts)
+    if arr.size:
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi >= spec.num_experts:
+            bad = lo if lo < 0 else hi
+            raise ValueError(
+                f"{what}: expert id {bad} out of range [0, {spec.num_experts}): the routes do not belong to a model "
+                f"with num_experts={spec.num_experts} (model config {_EXPERTS_KEYS})"
+            )
+    return arr.astype(dtype, copy=arr.dtype != dtype)
+
+
+def decode_sglang_routed_experts(payload: Any, spec: RouteSpec) -> np.ndarray:
+    """SGLang's ``meta_info["routed_experts"]`` for one request, as compact numpy ``[n, num_hidden_layers,
+    top_k]`` (:func:`compact_engine_routes`).
+
+    SGLang >= 0.5.11 (checked against 0.5.12) sends a base64 string of the raw bytes of an int32 tensor
+    ``[seq_len - 1, num_hidden_layers, top_k]`` in BOTH ``skip_tokenizer_init`` settings: the detokenizer
+    encodes it (``DetokenizerManager._b64_encode_per_request``) or, when ``skip_tokenizer_init`` bypasses the
+    detokenizer, the tokenizer manager does (``TokenizerManager``'s ``meta_info["routed_experts"]``:
+    ``pybase64.b64encode(val.numpy().tobytes())``); the ids come from an int32 host buffer
+    (``state_capturer/base.py``), one row per position ``[0, seq_len - 1)``. Older SGLang with
+    ``skip_tokenizer_init`` handed the tensor itself: accepted too.
+
+    Raises ValueError on a payload that is not base64, a byte count that is not whole int32s, an id count
+    that is not a multiple of ``num_hidden_layers * top_k``, or ids outside ``[0, num_experts)``."""
+    what = "SGLang meta_info['routed_experts']"
+    if isinstance(payload, str | bytes):
+        try:
+            raw = base64.b64decode(payload, validate=True)
+        except (ValueError, TypeError) as exc:  # binascii.Error is a ValueError
+            raise ValueError(f"{what} is not base64: {exc}") from exc
+        if len(raw) % 4:
+            raise ValueError(f"{what} holds {len(raw)} bytes, not whole int32 expert ids")
+        flat = np.frombuffer(raw, dtype=np.int32)
+    else:
+        if isinstance(payload, torch.Tensor):
+            payload = payload.cpu().numpy()
+        flat = np.asarray(payload)
+    width = spec.num_hidden_layers * spec.top_k
+    if flat.size % width:
+        raise ValueError(
+            f"{what} holds {flat.size} ids, not a multiple of {_LAYERS_KEY} * {_TOPK_KEY} = "
+            f"{spec.num_hidden_layers} * {spec.top_k} = {width}: routes of another model, or a model config that "
+            "differs from the served one"
+        )
+    return compact_engine_routes(flat.reshape(-1, spec.num_hidden_layers, spec.top_k), spec, what)
 
 
 def _gather_rows(experts: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
