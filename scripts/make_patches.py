@@ -340,8 +340,10 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
             CopyTree(
                 "verl_stable/routing",
                 "verl/utils/routing_replay",
-                # fsdp_plugin.py is how the plugin registers the mixin; in verl's tree the patch itself does
-                exclude=("fsdp_plugin.py",),
+                # fsdp_plugin.py is how the plugin registers the mixin; in verl's tree the patch itself does.
+                # wire.py wraps verl's agent loop to keep routes compact; upstream that is a two-line change
+                # in agent_loop.py (named in wire.py), not a module
+                exclude=("fsdp_plugin.py", "wire.py"),
                 rename=(("fsdp.py", "../../workers/engine/fsdp/router_replay.py"),),
             ),
             Copy("verl_stable/diagnostics.py", "verl/utils/routing_replay/diagnostics.py"),
@@ -452,6 +454,7 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
                 "tests/routing",
                 "tests/utils/routing_replay",
                 pattern="test_*_on_cpu.py",
+                exclude=("test_wire_on_cpu.py",),  # tests the plugin's agent-loop wrappers (wire.py)
             ),
         ],
         tests=("tests/utils/routing_replay", "tests/checkpoint_engine/test_global_steps_on_cpu.py"),

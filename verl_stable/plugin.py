@@ -43,3 +43,14 @@ def _register_route_returning_replicas(_module) -> None:
 
 
 _after_import("verl.workers.rollout.replica", _register_route_returning_replicas)
+
+
+# Routed experts stay in their compact dtype (uint8 / uint16) through verl's agent loop on both trainer paths
+# (verl_stable.routing.wire: two version-checked wrappers, installed when the agent loop module is imported).
+def _compact_routes_on_the_wire(module) -> None:
+    from verl_stable.routing.wire import install
+
+    install(module)
+
+
+_after_import("verl.experimental.agent_loop.agent_loop", _compact_routes_on_the_wire)

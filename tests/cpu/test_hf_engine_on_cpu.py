@@ -61,7 +61,7 @@ def test_routed_experts_cover_every_token_the_model_ran_on(tiny_assets):
         assert isinstance(routes, np.ndarray)
         # vLLM's layout: every token the model ran on, i.e. all but the last sampled one.
         assert routes.shape == (len(prompt) + len(res.token_ids) - 1, cfg.num_hidden_layers, cfg.num_experts_per_tok)
-        assert routes.dtype == np.int16
+        assert routes.dtype == np.uint8  # compact: one byte per id up to 256 experts (routing.compact_dtype)
         assert routes.min() >= 0 and routes.max() < cfg.num_experts
         # The routes are the ones a plain transformers forward over the same tokens selects.
         ids = torch.tensor([prompt + res.token_ids[:-1]])

@@ -90,6 +90,7 @@ def test_generate_returns_token_output_with_logprobs_and_routes(ray_cpu, tiny_as
                 cfg.num_hidden_layers,
                 cfg.num_experts_per_tok,
             )
+            assert out.routed_experts.dtype == np.uint8  # compact over Ray: one byte per id (<= 256 experts)
             assert out.stop_reason == "completed"
         stats = ray.get(server.get_stats.remote())
         assert stats["requests"] == 6 and stats["batches"] < 6  # batched, not one by one

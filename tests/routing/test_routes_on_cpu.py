@@ -165,3 +165,23 @@ def test_chunked_validation_matches_whole(monkeypatch, num_experts):
     idx[7, 0, 1] = idx[7, 0, 0]
     with pytest.raises(ValueError, match="token row 7 repeats"):
         Routes.from_indices(idx, num_experts, zero_rows_missing=True)
+
+
+@pytest.mark.parametrize("num_experts", [16, 300])
+def test_nested_routes_round_trip_in_the_compact_dtype(num_experts):
+    # verl's per-token field as the engine receives it when routes travel compact (uint8 / uint16), and what
+    # the engine hands back after an R2 record: same ids, same dtype, every token one row.
+    spec = RouteSpec(num_experts=num_experts, top_k=3, moe_layers=(1, 3, 4), num_hidden_layers=5)
+    lengths = [4, 1, 6]
+    offsets = torch.tensor([0, *np.cumsum(lengths)])
+    input_ids = torch.nested.nested_tensor_from_jagged(torch.arange(sum(lengths)), offsets=offsets)
+    idx = random_routes_idx(sum(lengths), spec.num_layers, num_experts, spec.top_k, torch.Generator().manual_seed(1))
+    dtype = compact_dtype(num_experts)
+    sent = torch.nested.nested_tensor_from_jagged(idx.to(torch.int32).to(dtype), offsets=offsets)
+    routes = Routes.from_nested(sent, input_ids, spec)
+    assert routes.experts.dtype == dtype and routes.valid is None
+    assert torch.equal(routes.experts.to(torch.int64), idx.to(torch.int64))
+    back = routes.to_nested(input_ids)
+    assert back.is_nested and back.dtype == dtype
+    assert torch.equal(back.values().to(torch.int64), idx.to(torch.int64))
+    assert torch.equal(back.offsets(), input_ids.offsets())

@@ -55,7 +55,7 @@ def test_r2_records_in_old_pass_and_replays_bit_identically(process_group, tiny_
         old = engine.infer_batch(td)["model_output"]
     recorded = old["routed_experts"]
     # One route row per token, in the order of the nested input_ids (dynamic-bsz re-ordering undone).
-    assert recorded.is_nested and recorded.dtype == torch.int16
+    assert recorded.is_nested and recorded.dtype == torch.uint8  # compact, as the rollout server sends routes
     assert torch.equal(recorded.offsets(), td["input_ids"].offsets())
     assert tuple(recorded.shape[2:]) == (NUM_LAYERS, 2)
     # ... and they are the experts the same model picks for those tokens (plain transformers, padded layout).

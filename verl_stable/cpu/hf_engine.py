@@ -7,9 +7,11 @@ verl's agent loop. Semantics follow vLLM where verl depends on them:
 - ``logprobs_mode``: ``processed_logprobs`` (verl's default) are log-probs of the distribution actually
   sampled from (logits / temperature, top-k / top-p applied); ``raw_logprobs`` are of the raw logits.
   Greedy (temperature 0) always reports raw log-probs, as vLLM does.
-- routed experts: one ``(num_tokens, num_moe_layers, top_k)`` int16 array per request with a row for every
+- routed experts: one ``(num_tokens, num_moe_layers, top_k)`` array per request with a row for every
   token the model ran on — all prompt tokens and all response tokens but the last, exactly as vLLM's
-  ``routed_experts`` — which is what verl's agent loop reads from ``TokenOutput.routed_experts``.
+  ``routed_experts`` — which is what verl's agent loop reads from ``TokenOutput.routed_experts``. The array
+  is in the compact route dtype (uint8 up to 256 experts, uint16 above: ``routing.compact_dtype``) and
+  stays so on the wire to the training engine (:mod:`verl_stable.routing.wire`).
 - precision: ``dtype`` is the compute dtype; ``quantization="fp8"`` round-trips the linear / expert
   weights through ``torch.float8_e4m3fn`` (per-tensor, per-expert scales) after every weight load, the way
   FP8 rollouts do, so the rollout policy mu_old genuinely differs from the trainer's pi_old.
@@ -318,9 +320,10 @@ class HFInferenceEngine:
                 cur_pos = cur_pos + 1
                 logits = self._forward(next_ids[:, None], attention, cur_pos[:, None], cache)
         if record:
-            # [bsz, max_len + decode steps, moe_layers, top_k]: the prefill forward, then one per step.
+            # [bsz, max_len + decode steps, moe_layers, top_k]: the prefill forward, then one per step, in the
+            # compact route dtype (uint8 / uint16), which is what travels to the training engine.
             generated = generation_routes(recording.routes, bsz, final_token=False)
-            routes = generated.experts.view(bsz, -1, generated.num_layers, generated.top_k).to(torch.int16)
+            routes = generated.experts.view(bsz, -1, generated.num_layers, generated.top_k)
 
         results = []
         for i, r in enumerate(requests):
@@ -330,7 +333,7 @@ class HFInferenceEngine:
                 # response token but the last (sampled, never fed back). verl's agent loop pads that row
                 # and its R3 replay mask and MoE metrics skip it.
                 n_fed = len(out_tokens[i]) - 1
-                routed = routes[i, max_len - lengths[i] : max_len + n_fed].numpy()
+                routed = routes[i, max_len - lengths[i] : max_len + n_fed].clone().numpy()
                 assert routed.shape[0] == lengths[i] + n_fed
             results.append(
                 GenerationResult(

@@ -149,7 +149,7 @@ class MicroBatchLayout:
         return rows, missing
 
     def recorded_to_nested(self, recorded: Routes) -> torch.Tensor:
-        """Routes recorded on this rank's model input, back to nested ``[b, j, layers, top_k]`` int16."""
+        """Routes recorded on this rank's model input, back to nested ``[b, j, layers, top_k]`` (compact dtype)."""
         if recorded.num_tokens != self.rows:
             raise RuntimeError(
                 f"routing replay: recorded {recorded.num_tokens} route rows for a model input of {self.rows} tokens"
@@ -175,6 +175,7 @@ class BatchReplay:
         self.action = action
         self.layouts: list[MicroBatchLayout] = []
         self.without_route = 0  # real tokens without a route, summed over micro-batches
+        self.id_bytes = 0  # bytes per expert id of the routes as they reached the engine (1 = uint8 on the wire)
         self.context: Any = None  # the Recording (record) or ReplayState (replay)
         self._stack = ExitStack()
 
@@ -192,7 +193,9 @@ class BatchReplay:
         layout = MicroBatchLayout.of(self.engine, micro_batch, model_inputs, output_args)
         self.layouts.append(layout)
         if self.action == REPLAY:
-            routes, missing = layout.routes_for_model(micro_batch[ROUTES_KEY], self.context.spec)
+            routed = micro_batch[ROUTES_KEY]
+            self.id_bytes = max(self.id_bytes, routed.dtype.itemsize)
+            routes, missing = layout.routes_for_model(routed, self.context.spec)
             self.without_route += missing
             self.context.push(routes)
 
@@ -352,7 +355,7 @@ class RoutingReplayEngineMixin:
                 output = super().forward_backward_batch(data, loss_function, forward_only=forward_only)
         finally:
             self._rr_pass = None
-        self._rr_report(output, batch.counts(), forward_only)
+        self._rr_report(output, batch.counts(), forward_only, id_bytes=batch.id_bytes)
         return output
 
     def prepare_model_inputs(self, micro_batch):
@@ -367,12 +370,19 @@ class RoutingReplayEngineMixin:
             self._rr_pass.collect(output)
         return loss, output
 
-    def _rr_report(self, output: dict, counts: Optional[AgreementCounts], forward_only: bool) -> None:
+    def _rr_report(
+        self, output: dict, counts: Optional[AgreementCounts], forward_only: bool, id_bytes: int = 0
+    ) -> None:
         """Agreement metrics on verl's metric path. ``output["metrics"]`` values are lists (one entry per
-        micro-batch, postprocess_batch_func's convention); ours are one per batch."""
+        micro-batch, postprocess_batch_func's convention); ours are one per batch. ``id_bytes``: bytes per
+        expert id of the replayed routes as they arrived (``route_id_bytes``: 1 when they stayed uint8 from
+        the rollout server to here, 2 for uint16 or a path that widened them to int16)."""
         metrics = output.setdefault("metrics", {})
         if counts is not None:
-            own = counts.to_metrics(prefix="routing/old_pass/" if forward_only else "routing/")
+            prefix = "routing/old_pass/" if forward_only else "routing/"
+            own = counts.to_metrics(prefix=prefix)
+            if id_bytes:
+                own[f"{prefix}route_id_bytes"] = float(id_bytes)
             for k, v in own.items():
                 metrics[k] = [v]
             if forward_only:

@@ -421,8 +421,9 @@ class Routes:
 
     @classmethod
     def from_verl_batch(cls, routed_experts: torch.Tensor, attention_mask: torch.Tensor, spec: RouteSpec) -> "Routes":
-        """verl's ``batch["routed_experts"]`` ``[B, S, layers, top_k]`` (int16 from the agent loop, or
-        what :meth:`to_verl_batch` stored), aligned with ``input_ids`` ``[B, S]`` (left-padded prompt +
+        """verl's ``batch["routed_experts"]`` ``[B, S, layers, top_k]`` (any integer dtype: uint8 / uint16 as
+        the ``hf_cpu`` server sends them, int16 from verl's own agent loop path, or what :meth:`to_verl_batch`
+        stored), aligned with ``input_ids`` ``[B, S]`` (left-padded prompt +
         right-padded response). Returns the padded-flat layout: ``B*S`` rows, row ``b*S + s`` is token
         ``[b, s]``, rows of padding or without a recorded route invalid. :func:`pack` turns it into rmpad."""
         if routed_experts.dim() != 4 or routed_experts.shape[:2] != attention_mask.shape:
@@ -467,15 +468,15 @@ class Routes:
         return cls.from_engine(routed.values(), spec)
 
     def to_nested(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Packed routes (one row per token of the nested ``input_ids``) as the nested int16 ``[b, j, layers,
-        top_k]`` verl carries in ``batch["routed_experts"]``, sharing ``input_ids``' offsets (inverse of
-        :meth:`from_nested`)."""
+        """Packed routes (one row per token of the nested ``input_ids``) as the nested ``[b, j, layers, top_k]``
+        verl carries in ``batch["routed_experts"]``, in the compact dtype (uint8 / uint16: verl moves the field
+        in whatever dtype it has), sharing ``input_ids``' offsets (inverse of :meth:`from_nested`)."""
         if self.num_tokens != input_ids.values().shape[0]:
             raise RuntimeError(
                 f"{self.num_tokens} route rows for {input_ids.values().shape[0]} tokens: the recorder did not see "
                 "every token exactly once"
             )
-        values = self.experts.to(torch.int16)
+        values = self.experts.contiguous()
         return torch.nested.nested_tensor_from_jagged(values, offsets=input_ids.offsets().to(values.device))
 
 

@@ -1,0 +1,227 @@
+"""Multi-turn and partial-rollout trajectories: every token ends up with the route the rollout engine produced
+for it, or with an explicit "no route" that the training engine counts (``tokens_without_route``).
+
+The real ``hf_cpu`` server (in-process, float32 so that a KV-cached decode and a full forward pick the same
+experts) generates each turn; verl 0.9.1's own ``FullyAsyncLLMServerClient.generate`` resumes interrupted
+generations and concatenates their routes (``workers/rollout/llm_server.py``); the multi-turn bookkeeping
+is verl's ``ToolAgentLoop`` rule (``experimental/agent_loop/tool_agent_loop.py``: each turn's
+``routed_experts`` replace the previous turn's, the final array is sliced to ``prompt + response_length``);
+``AgentLoopOutput.as_dict`` pads it (v1 trainer path, compact); the engine reads it with
+``Routes.from_engine`` as ``BatchReplay`` does. Ground truth: a teacher-forced forward of the final sequence
+recorded with the same model's recorder (R2-style).
+
+What this pins down (and why it holds for ``hf_cpu``): the server runs every turn's whole prefix through the
+model (no prefix cache), so the last turn's routes cover every earlier token -- the earlier turns' generated
+tokens and the tool tokens that later turns fed to the model -- and verl's "keep the last turn" loses
+nothing. Tokens the engine never ran are the last sampled token and any tool response after the last
+generation; they are rows without a route, counted, never zero-id routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+RESPONSE_LENGTH = 14
+PROMPT_LENGTH = 8
+
+
+class _Handle:
+    """The in-process server as verl's client reaches a Ray actor (``handle.generate.remote(...)``), aborting
+    requests on a plan: ``cuts`` holds, per request, None or the number of tokens after which the request is
+    interrupted. An interrupted request returns what an abort mid-decode returns: the tokens so far, their
+    log-probs and routes, ``stop_reason="aborted"``."""
+
+    def __init__(self, server):
+        self.server = server
+        self.cuts: list = []
+        self.generate = self
+
+    async def remote(self, *, prompt_ids, sampling_params, request_id, **kwargs):
+        cut = self.cuts.pop(0) if self.cuts else None
+        if cut is not None and cut < sampling_params["max_tokens"]:
+            out = await self.server.generate(
+                prompt_ids=prompt_ids,
+                request_id=request_id,
+                sampling_params={**sampling_params, "max_tokens": cut},
+                **kwargs,
+            )
+            out.stop_reason = "aborted"
+            return out
+        return await self.server.generate(
+            prompt_ids=prompt_ids,
+            sampling_params=sampling_params,
+            request_id=request_id,
+            **kwargs,
+        )
+
+
+def _client(handle):
+    """verl's partial-rollout client, its load balancer replaced by the one in-process server."""
+    from omegaconf import OmegaConf
+    from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
+
+    class LocalClient(FullyAsyncLLMServerClient):
+        async def _acquire_server(self, request_id, **extra):
+            return "local", handle
+
+        def _release_server(self, server_id, request_id=None):
+            return None
+
+    config = OmegaConf.create(
+        {
+            "actor_rollout_ref": {
+                "rollout": {
+                    "name": "hf_cpu",
+                    "full_determinism": False,
+                    "response_length": RESPONSE_LENGTH,
+                }
+            },
+            "async_training": {"partial_rollout": True},
+        }
+    )
+    return LocalClient(config=config, load_balancer_handle=None)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_assets):
+    from verl.workers.config import HFModelConfig, RolloutConfig
+    from verl.workers.rollout.replica import RolloutMode
+
+    from verl_stable.cpu.rollout import HFCPURolloutServer
+
+    config = RolloutConfig(
+        name="hf_cpu",
+        dtype="float32",
+        prompt_length=PROMPT_LENGTH,
+        response_length=RESPONSE_LENGTH,
+        calculate_log_probs=True,
+        max_num_seqs=4,
+        tensor_model_parallel_size=1,
+        enable_rollout_routing_replay=True,
+    )
+    return HFCPURolloutServer(
+        config,
+        HFModelConfig(path=tiny_assets["model"]),
+        RolloutMode.HYBRID,
+        replica_rank=0,
+    )
+
+
+async def _trajectory(client, handle, prompt, turns, vocab):
+    """verl's ToolAgentLoop state machine reduced to what moves tokens and routes: generate (the full prefix as
+    the prompt), keep this turn's routes, stop at response_length or when no tool is called, else append the
+    tool response (response_mask 0) and generate again."""
+    prefix, mask, routes, turn_routes = list(prompt), [], None, []
+    rng = np.random.default_rng(len(turns))
+    for gen, tool, cut in turns:
+        handle.cuts = [cut]
+        sp = {
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "top_k": -1,
+            "logprobs": True,
+            "ignore_eos": True,
+            "max_tokens": gen,
+        }
+        out = await client.generate("rid", prompt_ids=list(prefix), sampling_params=sp)
+        assert (
+            len(out.token_ids) == gen
+        )  # verl resumed the interrupted request up to the same budget
+        turn_routes.append((len(prefix), out.routed_experts))
+        prefix += out.token_ids
+        mask += [1] * gen
+        routes = (
+            out.routed_experts
+        )  # tool_agent_loop: agent_data.routed_experts = output.routed_experts
+        if len(mask) >= RESPONSE_LENGTH or tool == 0:
+            break
+        prefix += rng.integers(
+            3, vocab, size=tool
+        ).tolist()  # a tool response: tokens no model generated
+        mask += [0] * tool
+        if len(mask) >= RESPONSE_LENGTH:
+            break
+    return prefix, mask, routes, turn_routes
+
+
+turn = st.tuples(
+    st.integers(1, 4), st.integers(0, 3), st.one_of(st.none(), st.integers(1, 3))
+)
+
+
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    prompt_len=st.integers(2, PROMPT_LENGTH),
+    turns=st.lists(turn, min_size=1, max_size=4),
+)
+def test_every_token_has_its_engine_route_or_a_counted_no_route(
+    server, prompt_len, turns
+):
+    from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
+
+    from verl_stable.routing import Routes, spec_from_config
+
+    engine = server.engine
+    vocab = engine.model.config.vocab_size
+    prompt = (
+        np.random.default_rng(prompt_len).integers(3, vocab, size=prompt_len).tolist()
+    )
+    handle = _Handle(server)
+    prefix, mask, routes, turn_routes = asyncio.run(
+        _trajectory(_client(handle), handle, prompt, turns, vocab)
+    )
+
+    # verl's ToolAgentLoop.run output, then the v1 path's as_dict (the legacy path pads identically)
+    response = prefix[len(prompt) :][:RESPONSE_LENGTH]
+    out = AgentLoopOutput(
+        prompt_ids=prompt,
+        response_ids=response,
+        response_mask=mask[:RESPONSE_LENGTH],
+        routed_experts=routes[: len(prompt) + RESPONSE_LENGTH],
+        metrics={},
+    )
+    field = out.as_dict()["routed_experts"]
+    assert field.dtype == torch.uint8  # compact all the way
+    spec = spec_from_config(engine.model.config)
+    got = Routes.from_engine(
+        field, spec
+    )  # what BatchReplay reads: all-zero rows are "no route"
+    seq = prompt + response
+
+    # ground truth: the final sequence teacher-forced through the same model, routes recorded
+    with torch.no_grad(), engine.routing.record() as rec:
+        engine.model(input_ids=torch.tensor([seq]))
+    truth = rec.forward_routes(0)
+
+    # the engine ran every token up to the last sampled one of the last turn; nothing after it
+    ran = min(len(routes), len(seq))
+    valid = got.valid_mask()
+    assert got.num_tokens == len(seq)
+    assert bool(valid[:ran].all()), (
+        f"tokens the engine ran without a route: {(~valid[:ran]).nonzero().flatten().tolist()}"
+    )
+    assert not bool(valid[ran:].any())
+    # counted: the engine's tokens_without_route for this sequence
+    assert int((~valid).sum()) == len(seq) - ran
+    if len(prefix) - len(prompt) <= RESPONSE_LENGTH:
+        trailing_tool = len(prefix) - (
+            turn_routes[-1][0] + turns[len(turn_routes) - 1][0]
+        )
+        assert (
+            len(seq) - ran == 1 + trailing_tool
+        )  # the last sampled token + a tool response never fed
+    # every routed token -- prompt, model-generated, tool tokens a later turn fed -- has the engine's route
+    mine = torch.sort(got.experts[:ran].to(torch.int64), dim=-1).values
+    want = torch.sort(truth.experts[:ran].to(torch.int64), dim=-1).values
+    assert torch.equal(mine, want)
+    # and it is the route the engine produced when it ran that token in its own turn (decode or prefill)
+    for start, turn_rows in turn_routes:
+        rows = torch.sort(torch.from_numpy(turn_rows).to(torch.int64), dim=-1).values
+        n = min(len(rows), len(seq))
+        assert torch.equal(rows[:n], want[:n]), f"turn starting at {start}"
