@@ -342,8 +342,9 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
                 "verl/utils/routing_replay",
                 # fsdp_plugin.py is how the plugin registers the mixin; in verl's tree the patch itself does.
                 # wire.py wraps verl's agent loop to keep routes compact; upstream that is a two-line change
-                # in agent_loop.py (named in wire.py), not a module
-                exclude=("fsdp_plugin.py", "wire.py"),
+                # in agent_loop.py (named in wire.py), not a module. vllm_capture.py is a vLLM plugin (route
+                # capture for monolithic MoE kernels): its upstream home is vLLM's MoERunner, not verl
+                exclude=("fsdp_plugin.py", "wire.py", "vllm_capture.py"),
                 rename=(("fsdp.py", "../../workers/engine/fsdp/router_replay.py"),),
             ),
             Copy("verl_stable/diagnostics.py", "verl/utils/routing_replay/diagnostics.py"),
@@ -904,6 +905,7 @@ def wrap_long_prose(text: str, path: str, limit: int = 120) -> str:
     src = text.splitlines()
     out: list[str] = []
     carry = ""  # the tail of a wrapped line, prepended to the next line of the same paragraph
+    carry_prefix = ""
     for n, line in enumerate(src, 1):
         kind = prose.get(n)
         indent = len(line) - len(line.lstrip())
