@@ -344,6 +344,7 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     plots = out / "plots"
     plots.mkdir(parents=True, exist_ok=True)
@@ -362,6 +363,7 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]
                 drawn += 1
         ax.set_title(spec.title, fontsize=10)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(spec.ylabel)
         if spec.log and drawn:
             ax.set_yscale("log")
@@ -386,6 +388,7 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=v.label)
         ax.set_title(lname, fontsize=9)
         ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     if names:
@@ -451,7 +454,7 @@ def render(
         "accuracy before training and at the last step; KLs, clip fraction and route agreement: means over steps "
         "(route agreement only for R2/R3 runs: mini-batch one agrees by construction under R2); *step / compute*: "
         "median of verl's `timing_s/step` over the sum of its compute phases (generation, reward, π_old pass, "
-        "advantage, update, weight sync), first step left out.",
+        "advantage, update, weight sync), steps 2 on (step 1 carries start-up).",
         "",
         "## The paper's findings, checked",
         "",
@@ -461,7 +464,14 @@ def render(
         "| finding (arXiv 2512.01374) | here | evidence |",
         "|---|---|---|",
     ]
-    lines += [f"| {f.claim} | **{f.status}** | {f.evidence} |" for f in found]
+    tested = [f for f in found if f.status != "not tested"]
+    lines += [f"| {f.claim} | **{f.status}** | {f.evidence} |" for f in tested]
+    if not tested:
+        lines.append("| (no finding is testable with the variants run) | | |")
+    untested = [f for f in found if f.status == "not tested"]
+    if untested:
+        lines += ["", "Not tested by the variants run (`verl-stable lab --full` runs them all):", ""]
+        lines += [f"- {f.claim} ({f.evidence})" for f in untested]
     counts = {
         k: sum(f.status == k for f in found) for k in ("reproduced", "not reproduced", "inconclusive", "not tested")
     }
