@@ -112,29 +112,30 @@ def test_report_tables_every_variant_from_its_metrics(quick):
 
 
 def test_a_seed_reproduces_its_metrics(quick, tmp_path):
-    """Same seed, same variant, a second run: the training reward and advantages match exactly; log-prob-based
-    metrics (KL, entropy, loss) within rtol 1e-3 / atol 1e-6 -- the hf_cpu rollout batches concurrent requests
-    in arrival order, so bit-for-bit equality is not promised (see the report's Determinism section)."""
+    """Same seed, same variant, a second run. Step 1 samples from the same weights: reward and response length
+    are identical, the entropy equal within rtol 1e-3, the loss within rtol 1e-2 and the training-inference KL
+    (~1e-5: bf16/fp8 rounding noise) within rtol 0.1 -- the trainer's bf16 passes sum the batch in the order
+    verl's replay buffer returns it, which varies. Later steps start from weights equal to ~1e-3, so their
+    rollouts match but for rare flipped samples: the reward within 2 responses of the step's batch, the entropy
+    within rtol 1e-2 (the KL is not compared)."""
     out, _ = quick
     name = QUICK[0]
     again = tmp_path / "again"
-    _lab(
-        again,
-        "--variants",
-        name,
-        "--steps",
-        str(variants.QUICK.steps),
-        "--prompts",
-        str(variants.QUICK.prompts_per_step),
-    )
+    steps, prompts = variants.QUICK.steps, variants.QUICK.prompts_per_step
+    _lab(again, "--variants", name, "--steps", str(steps), "--prompts", str(prompts))
     first = {r["step"]: r["data"] for r in read_metrics(out / "runs" / name / "metrics.jsonl")}
     second = {r["step"]: r["data"] for r in read_metrics(again / "runs" / name / "metrics.jsonl")}
-    assert first.keys() == second.keys()
-    for step in first:
+    assert first.keys() == second.keys() == {0, *range(1, steps + 1)}
+    a, b = first[1], second[1]
+    for key in ("critic/score/mean", "response_length/mean"):
+        assert a[key] == b[key], key
+    assert b["actor/entropy"] == pytest.approx(a["actor/entropy"], rel=1e-3)
+    assert b["actor/pg_loss"] == pytest.approx(a["actor/pg_loss"], rel=1e-2, abs=1e-6)
+    assert b["rollout_corr/k3_kl"] == pytest.approx(a["rollout_corr/k3_kl"], rel=0.1)
+    val = report.val_key(first[0])
+    assert first[0][val] == second[0][val]  # held-out accuracy before training: same samples
+    batch = prompts * variants.QUICK.group_size
+    for step in range(2, steps + 1):
         a, b = first[step], second[step]
-        for key in ("critic/score/mean", "critic/advantages/max", "response_length/mean"):
-            if key in a:
-                assert a[key] == b[key], (step, key)
-        for key in ("rollout_corr/k3_kl", "actor/entropy", "actor/pg_loss"):
-            if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), (step, key)
+        assert abs(a["critic/score/mean"] - b["critic/score/mean"]) <= 2 / batch + 1e-9, step
+        assert b["actor/entropy"] == pytest.approx(a["actor/entropy"], rel=1e-2), step

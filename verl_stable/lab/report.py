@@ -498,9 +498,12 @@ def render(
         "## Determinism",
         "",
         "Data, model initialisation, cold-start SFT and verl's seeds (`data.seed`, `actor_rollout_ref.rollout.seed`, "
-        "`actor_rollout_ref.actor.data_loader_seed`) are the same for every variant. The `hf_cpu` rollout samples "
-        "from one seeded generator per server, but the agent loop's requests reach it concurrently and are batched "
-        "in arrival order, so the sampled tokens of a rerun can differ: reruns agree closely, not bit for bit.",
+        "`actor_rollout_ref.actor.data_loader_seed`) are the same for every variant. The `hf_cpu` rollout seeds "
+        "each request from (seed, prompt, how often the prompt was asked), so a rerun samples the same responses "
+        "from the same weights: step 1 and the held-out accuracy before training repeat exactly. Not bit for bit "
+        "after that: the trainer's bf16 update sums the batch in the order verl's replay buffer returns it, which "
+        "varies, so later weights differ at ~1e-3 relative and a rare sample flips; rewards stay within a response "
+        "or two, the tiny KLs (~1e-5) vary more (tests/lab/test_lab_e2e_on_cpu.py states the tolerances).",
         "",
         f"Platform: {json.dumps(meta.get('platform', {}))}.",
         "",

@@ -118,6 +118,8 @@ def base_overrides(args: Args, setup: LabSetup, *, run_dir: Path, model_dir: str
         "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
         "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
         "trainer.project_name=verl_stable_lab",
+        # a local Ray cluster of its own per run, even where `ray start` left one running (ray.init() would join it)
+        "+ray_kwargs.ray_init.address=local",
         *trainer_overrides(args.trainer, args.poll_interval_s),
         *setup.mismatch_overrides(args.mismatch),
     ]
@@ -328,7 +330,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         parser.error(f"unknown option(s) {unknown}; Hydra overrides look like key=value")
     if ns.list:
         for v in vt.grid(default_setup().cold_starts).values():
-            print(f"{v.name:<20} {v.regime:<15} {' '.join(v.overrides(8))}")
+            model = f"  (model: cold start {v.cold_start})" if v.cold_start != "default" else ""
+            print(f"{v.name:<20} {v.regime:<15} {' '.join(v.overrides(vt.DEFAULT.prompts_per_step))}{model}")
         raise SystemExit(0)
     base = vt.QUICK if ns.quick else vt.FULL if ns.full else vt.DEFAULT
     steps = ns.steps if ns.steps is not None else base.steps

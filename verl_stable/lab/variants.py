@@ -96,8 +96,10 @@ def grid(cold_starts: Iterable[str] = ("default",)) -> dict[str, Variant]:
     return {v.name: v for v in variants}
 
 
-#: ``verl-stable lab`` without --full: the comparisons with the clearest signal at laptop scale (≤ 10 min on 2 cores).
-DEFAULT_VARIANTS: tuple[str, ...] = ("minirl", "minirl_no_is", "minirl_r3", "n4_no_clip", "n4_r2")
+#: ``verl-stable lab`` without --full: the paper's on-policy block (four runs, <= 10 min on 2 idle cores): MiniRL
+#: against its ablations and R3 -- five of the paper's findings are testable with it. ``--full`` adds off-policy
+#: N=2 / N=4 and the cold starts.
+DEFAULT_VARIANTS: tuple[str, ...] = ("minirl", "minirl_no_is", "minirl_length_norm", "minirl_r3")
 #: ``--quick`` (CI): two variants, enough for every plot and the report.
 QUICK_VARIANTS: tuple[str, ...] = ("minirl", "n2_r2")
 
