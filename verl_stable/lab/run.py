@@ -169,7 +169,7 @@ def run_variant(
     metrics, log = run_dir / "metrics.jsonl", run_dir / "train.log"
     metrics.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "verl_stable.main", *overrides]
-    (run_dir / "command.txt").write_text(" \\\n    ".join(cmd[1:]) + "\n")
+    (run_dir / "command.txt").write_text("python -m verl_stable.main \\\n    " + " \\\n    ".join(overrides) + "\n")
     start = time.monotonic()
     first: list[float] = []
     rows: list[dict] = []
