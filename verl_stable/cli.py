@@ -1,4 +1,5 @@
-"""``verl-stable`` command line: ``doctor`` checks that the plugin really loads, here and in Ray.
+"""``verl-stable`` command line: ``doctor`` checks that the plugin really loads, here and in Ray; ``lab`` runs the
+CPU lab (the paper's grid through verl's trainer, plots and a report; ``verl-stable lab --help``).
 
 verl imports plugins at ``import verl`` and logs a failure only at debug level, so a broken install
 shows up much later as "Unsupported loss mode: minirl" inside a Ray worker. ``doctor`` makes it loud.
@@ -142,8 +143,14 @@ def _check_ray_worker(expected: set[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:  # the lab has its own parser (options + Hydra overrides)
+        from verl_stable.lab.run import main as lab_main
+
+        return lab_main(argv[1:])
     parser = argparse.ArgumentParser(prog="verl-stable", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("lab", help="the CPU lab: the paper's grid through verl's trainer, plots and a report", add_help=False)
     doc = sub.add_parser("doctor", help="check that the plugin loads here and in a Ray worker; non-zero on failure")
     doc.add_argument("--no-ray", action="store_true", help="skip the Ray worker check")
     doc.add_argument("--quiet", action="store_true", help="one line when all checks pass, the full report otherwise")

@@ -16,6 +16,7 @@ Three pieces, mirroring verl's vLLM integration (verl/workers/rollout/vllm_rollo
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import os
 import time
@@ -97,6 +98,8 @@ class HFCPURolloutServer:
         # Generation and weight loading both touch the model; never at the same time.
         self._engine_lock: Optional[asyncio.Lock] = None
         self.stats = {"requests": 0, "batches": 0, "generated_tokens": 0, "generate_s": 0.0, "weight_updates": 0}
+        # how many requests for each prompt this server has seen: seeds the sampling of requests without a seed
+        self._prompt_counts: dict[tuple[int, ...], int] = {}
 
     # ----------------------------------------------------------------- agent-loop API
     async def generate(
@@ -156,6 +159,8 @@ class HFCPURolloutServer:
         seed = sp.get("seed")
         if seed is None and self.config.full_determinism:
             seed = self.replica_rank + self.config.seed
+        if seed is None:
+            seed = self._prompt_seed(prompt_ids)
         return GenerationRequest(
             prompt_ids=prompt_ids,
             max_tokens=max_tokens,
@@ -167,6 +172,18 @@ class HFCPURolloutServer:
             stop_token_ids=tuple(sp.get("stop_token_ids") or ()),
             seed=seed,
         )
+
+    def _prompt_seed(self, prompt_ids: list[int]) -> int:
+        """The sampling seed of a request that brings none: (rollout.seed, replica, prompt, how many requests
+        for this prompt the server has seen). verl's agent loop sends a group's requests concurrently and they
+        batch in arrival order, so one shared generator would hand a rerun different draws; with this seed a
+        rerun samples the same responses for every prompt (siblings of a group may swap them), given the same
+        weights. Requests are still independent draws: every (prompt, count) pair has its own seed."""
+        key = tuple(prompt_ids)
+        count = self._prompt_counts.get(key, 0)
+        self._prompt_counts[key] = count + 1
+        material = repr((int(self.config.seed or 0), self.replica_rank, key, count)).encode()
+        return int.from_bytes(hashlib.blake2b(material, digest_size=8).digest(), "little") >> 1
 
     def _ensure_loop(self) -> None:
         if self._loop_task is None or self._loop_task.done():

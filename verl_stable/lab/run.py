@@ -1,0 +1,374 @@
+"""The CPU lab: the paper's grid run through verl's own trainer, then plots and a report.
+
+    verl-stable lab                      # default grid (a subset), <= 10 min on 2 cores
+    verl-stable lab --quick              # CI size: 2 variants x 2 steps, plots + report
+    verl-stable lab --full               # the whole grid, longer runs
+    verl-stable lab --variants minirl,n4_r2 --steps 12 --out runs/lab
+    python -m verl_stable.lab ...        # the same
+
+Each variant is one ``python -m verl_stable.main`` run -- the launcher a GPU user runs -- with the CPU
+settings (:func:`verl_stable.cpu.overrides.cpu_overrides`), the lab's base (seed, data, model, held-out
+eval) and the variant's own presets and overrides (:mod:`verl_stable.lab.variants`). There is no second RL
+loop: the metrics are verl's, written by verl's file logger. Arguments that are not options are Hydra
+overrides added to every variant (they win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from verl_stable import console
+from verl_stable.cpu import CPU_RAY_ENV
+from verl_stable.cpu.overrides import cpu_overrides
+from verl_stable.lab import variants as vt
+from verl_stable.lab.setup import LabSetup, default_setup
+
+TRAINER_PATHS = ("v1-fast", "v1", "legacy")
+
+
+@dataclass
+class Args:
+    """Everything a lab run depends on (the CLI fills it; Python callers build it)."""
+
+    out: Path = Path("runs/lab")
+    variants: list[str] = field(default_factory=lambda: list(vt.DEFAULT_VARIANTS))
+    size: vt.GridSize = vt.DEFAULT
+    seed: int = 0
+    lr: float = 5e-3
+    response_length: int = 4
+    #: rollout-mismatch dial setting (LabSetup.mismatch); None: the setup's default (fp8: the paper's stress test)
+    mismatch: str | None = None
+    #: "v1-fast": verl's v1 trainer with the lab's replay-buffer poll interval; "v1": verl's defaults
+    #: (2 s poll per step); "legacy": verl's legacy loop (trainer.use_v1=False)
+    trainer: str = "v1-fast"
+    #: the "v1-fast" path's replay-buffer poll interval (None: verl_stable.lab.sampler.DEFAULT_POLL_INTERVAL_S)
+    poll_interval_s: float | None = None
+    extra: list[str] = field(default_factory=list)
+    verbose: bool = False
+    full: bool = False
+
+
+@dataclass
+class VariantRun:
+    name: str
+    run_dir: Path
+    rows: list[dict]
+    returncode: int
+    wall_s: float
+    first_step_s: float | None
+    overrides: list[str]
+
+
+@contextlib.contextmanager
+def quiet():
+    """Importing verl logs its platform choice and warns about optional engines: not for the lab's console."""
+    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        yield
+
+
+def trainer_overrides(path: str, poll_interval_s: float | None = None) -> list[str]:
+    if path == "v1-fast":
+        with quiet():
+            from verl_stable.lab import sampler
+
+        return ["trainer.use_v1=True", *sampler.overrides(poll_interval_s or sampler.DEFAULT_POLL_INTERVAL_S)]
+    if path == "v1":
+        return ["trainer.use_v1=True"]
+    if path == "legacy":
+        return ["trainer.use_v1=False"]
+    raise ValueError(f"trainer path {path!r} unknown (lab --trainer): one of {', '.join(TRAINER_PATHS)}")
+
+
+def base_overrides(args: Args, setup: LabSetup, *, run_dir: Path, model_dir: str, train: str, val: str) -> list[str]:
+    """What every variant shares: CPU settings, data, reward, seeds, held-out eval, trainer path, mismatch."""
+    size = args.size
+    eval_every = size.eval_every if size.eval_every > 0 else size.steps
+    return [
+        *cpu_overrides(
+            run_dir,
+            steps=size.steps,
+            prompts_per_step=size.prompts_per_step,
+            group_size=size.group_size,
+            response_length=args.response_length,
+            lr=args.lr,
+            model_dir=model_dir,
+            data_dir=Path(train).parent,
+        ),
+        f"data.train_files={train}",
+        f"data.val_files={val}",
+        f"reward.custom_reward_function.path={setup.reward_path}",
+        f"reward.custom_reward_function.name={setup.reward_name}",
+        # same seeds across variants: data order, rollout sampling, actor data loader
+        f"data.seed={args.seed}",
+        f"actor_rollout_ref.rollout.seed={args.seed}",
+        f"actor_rollout_ref.actor.data_loader_seed={args.seed}",
+        # held-out accuracy avg@k: k samples per eval prompt at temperature 1, before training and every eval_every
+        "trainer.val_before_train=True",
+        f"trainer.test_freq={eval_every}",
+        f"actor_rollout_ref.rollout.val_kwargs.n={setup.eval_k}",
+        "actor_rollout_ref.rollout.val_kwargs.do_sample=True",
+        "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+        "trainer.project_name=verl_stable_lab",
+        # a local Ray cluster of its own per run, even where `ray start` left one running (ray.init() would join it)
+        "+ray_kwargs.ray_init.address=local",
+        *trainer_overrides(args.trainer, args.poll_interval_s),
+        *setup.mismatch_overrides(args.mismatch),
+    ]
+
+
+def variant_overrides(variant: vt.Variant, args: Args, base: list[str]) -> list[str]:
+    return [
+        *base,
+        f"trainer.experiment_name={variant.name}",
+        *variant.overrides(args.size.prompts_per_step),
+        *args.extra,
+    ]
+
+
+def _env(metrics: Path) -> dict:
+    env = {**os.environ, **CPU_RAY_ENV, "VERL_FILE_LOGGER_PATH": str(metrics), "TOKENIZERS_PARALLELISM": "false"}
+    env.setdefault("TQ_NUM_THREADS", str(min(8, os.cpu_count() or 1)))
+    env.setdefault("RAY_DEDUP_LOGS", "1")
+    return env
+
+
+def validate_all(named: dict[str, list[str]]) -> list[str]:
+    """Every variant's composed config checked before any starts: one line per problem, variant named."""
+    from verl_stable import validation
+
+    problems = []
+    with quiet():
+        for name, overrides in named.items():
+            error = validation.validate_overrides(overrides)
+            if error is not None:
+                problems.extend(f"{name}: {issue}" for issue in error.issues)
+    return problems
+
+
+def run_variant(
+    variant: vt.Variant,
+    overrides: list[str],
+    run_dir: Path,
+    *,
+    index: int,
+    count: int,
+    steps: int,
+    verbose: bool = False,
+) -> VariantRun:
+    """One ``python -m verl_stable.main`` run; one console line per step (``[lab] 2/5 minirl step 3/8 ...``)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    metrics, log = run_dir / "metrics.jsonl", run_dir / "train.log"
+    metrics.unlink(missing_ok=True)
+    cmd = [sys.executable, "-m", "verl_stable.main", *overrides]
+    (run_dir / "command.txt").write_text("python -m verl_stable.main \\\n    " + " \\\n    ".join(overrides) + "\n")
+    start = time.monotonic()
+    first: list[float] = []
+    rows: list[dict] = []
+    tag = f"[lab] {index}/{count} {variant.name:<18}"
+
+    def on_row(row: dict) -> None:
+        if not first:
+            first.append(time.monotonic() - start)
+        rows.append(row)
+        print(f"{tag} {console.step_line(row, steps)}", flush=True)
+
+    print(f"{tag} start: {variant.label}  ({' '.join(variant.overrides(_prompts(overrides)))})", flush=True)
+    rc = console.run_logged(
+        cmd, log_path=log, metrics_path=metrics, on_row=on_row, env=_env(metrics), cwd=run_dir, verbose=verbose
+    )
+    wall = time.monotonic() - start
+    if rc != 0:
+        print(f"{tag} FAILED (exit {rc}) after {wall:.0f} s; log: {log}", file=sys.stderr)
+        for line in console.last_error(log):
+            print(f"    {line}", file=sys.stderr)
+    else:
+        print(
+            f"{tag} done: {len(rows)} rows in {wall:.0f} s (first step after {first[0] if first else float('nan'):.0f} s)"
+        )
+    return VariantRun(variant.name, run_dir, rows, rc, wall, first[0] if first else None, overrides)
+
+
+def _prompts(overrides: list[str]) -> int:
+    for item in reversed(overrides):
+        if item.startswith("data.train_batch_size="):
+            return int(item.split("=", 1)[1])
+    raise ValueError("data.train_batch_size missing from the lab's overrides")
+
+
+def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
+    """Run the selected variants, then write plots and the report; returns the report's path."""
+    from verl_stable.lab import report
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # "Writing model shards" bars for one-shard tiny models
+    setup = setup or default_setup()
+    out = Path(args.out).expanduser().resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    table = vt.grid(setup.cold_starts)
+    chosen = vt.select(args.variants, table)
+    size = args.size
+
+    print(
+        f"[lab] {len(chosen)} variants x {size.steps} steps, {size.prompts_per_step} prompts x {size.group_size} "
+        f"per step, task {setup.name}, rollout mismatch {args.mismatch or setup.default_mismatch}, "
+        f"trainer {args.trainer}, seed {args.seed}"
+    )
+    print(f"[lab] output {out}: report.md, plots/, runs/<variant>/ (metrics.jsonl, train.log)")
+    t0 = time.monotonic()
+    train, val = setup.build_data(out / "data", seed=args.seed)
+    models = {}
+    for cold in dict.fromkeys(v.cold_start for v in chosen):
+        models[cold] = setup.build_model(out / "models" / cold, cold_start=cold)
+    named = {}
+    for v in chosen:
+        run_dir = out / "runs" / v.name
+        base = base_overrides(args, setup, run_dir=run_dir, model_dir=models[v.cold_start], train=train, val=val)
+        named[v.name] = variant_overrides(v, args, base)
+    problems = validate_all(named)
+    if problems:
+        print("[lab] refused before start-up:", file=sys.stderr)
+        for p in problems:
+            print(f"  {p}", file=sys.stderr)
+        raise SystemExit(2)
+    print(f"[lab] data, models and {len(named)} configs ready in {time.monotonic() - t0:.0f} s")
+
+    runs = []
+    for i, v in enumerate(chosen, 1):
+        runs.append(
+            run_variant(
+                v,
+                named[v.name],
+                out / "runs" / v.name,
+                index=i,
+                count=len(chosen),
+                steps=size.steps,
+                verbose=args.verbose,
+            )
+        )
+    meta = {
+        "args": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()}},
+        "setup": {
+            "name": setup.name,
+            "eval_k": setup.eval_k,
+            "mismatch": args.mismatch or setup.default_mismatch,
+            **setup.notes,
+        },
+        "wall_s": time.monotonic() - t0,
+        "runs": {
+            r.name: {
+                "returncode": r.returncode,
+                "wall_s": r.wall_s,
+                "first_step_s": r.first_step_s,
+                "steps": len(r.rows),
+            }
+            for r in runs
+        },
+        "platform": _platform(),
+    }
+    path = report.write(out, [table[r.name] for r in runs], {r.name: r.rows for r in runs}, meta)
+    failed = [r.name for r in runs if r.returncode != 0]
+    print(f"[lab] done in {time.monotonic() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
+    print(f"[lab] report: {path}")
+    if failed:
+        raise SystemExit(1)
+    return path
+
+
+def _platform() -> dict:
+    import platform
+
+    import torch
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> Args:
+    parser = argparse.ArgumentParser(
+        prog="verl-stable lab",
+        description=__doc__.splitlines()[0],
+        epilog="Other arguments are Hydra overrides added to every variant.",
+    )
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument(
+        "--quick", action="store_true", help=f"CI size: {','.join(vt.QUICK_VARIANTS)}, {vt.QUICK.steps} steps"
+    )
+    size.add_argument("--full", action="store_true", help=f"the whole grid, {vt.FULL.steps} steps each")
+    parser.add_argument("--variants", help="comma list of variant names (see --list)")
+    parser.add_argument("--list", action="store_true", help="print the variant table and exit")
+    parser.add_argument("--steps", type=int, help="GRPO steps per variant")
+    parser.add_argument("--prompts", type=int, help="prompts per step (a multiple of 4 for the N=4 variants)")
+    parser.add_argument("--out", default="runs/lab", help="output directory (default runs/lab)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--mismatch", help="rollout mismatch dial setting (default: the task's, fp8)")
+    parser.add_argument(
+        "--trainer",
+        choices=TRAINER_PATHS,
+        default="v1-fast",
+        help="v1-fast (default): verl's v1 trainer, replay-buffer poll interval 0.02 s; v1: verl's "
+        "defaults; legacy: trainer.use_v1=False",
+    )
+    parser.add_argument("--verbose", action="store_true", help="stream verl's full output too")
+    ns, extra = parser.parse_known_args(argv)
+    unknown = [o for o in extra if o.startswith("-")]
+    if unknown:
+        parser.error(f"unknown option(s) {unknown}; Hydra overrides look like key=value")
+    if ns.list:
+        for v in vt.grid(default_setup().cold_starts).values():
+            model = f"  (model: cold start {v.cold_start})" if v.cold_start != "default" else ""
+            print(f"{v.name:<20} {v.regime:<15} {' '.join(v.overrides(vt.DEFAULT.prompts_per_step))}{model}")
+        raise SystemExit(0)
+    base = vt.QUICK if ns.quick else vt.FULL if ns.full else vt.DEFAULT
+    steps = ns.steps if ns.steps is not None else base.steps
+    prompts = ns.prompts if ns.prompts is not None else base.prompts_per_step
+    if steps < 1:
+        parser.error(f"--steps must be >= 1, got {steps}")
+    if prompts < 1:
+        parser.error(f"--prompts must be >= 1, got {prompts}")
+    eval_every = base.eval_every if base.eval_every and base.eval_every < steps else 0
+    size_ = vt.GridSize(steps=steps, prompts_per_step=prompts, group_size=base.group_size, eval_every=eval_every)
+    if ns.variants:
+        names = [ns.variants]
+    elif ns.quick:
+        names = list(vt.QUICK_VARIANTS)
+    elif ns.full:
+        names = []  # all
+    else:
+        names = list(vt.DEFAULT_VARIANTS)
+    return Args(
+        out=Path(ns.out),
+        variants=names,
+        size=size_,
+        seed=ns.seed,
+        lr=ns.lr,
+        mismatch=ns.mismatch,
+        trainer=ns.trainer,
+        extra=extra,
+        verbose=ns.verbose,
+        full=ns.full,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        run_lab(args)
+    except ValueError as exc:  # a bad --variants / --mismatch / size: one line, no traceback
+        print(f"verl-stable lab: {exc}", file=sys.stderr)
+        return 2
+    return 0

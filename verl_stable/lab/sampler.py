@@ -1,0 +1,69 @@
+"""verl's synchronous replay buffer with a configurable poll interval: the lab's fast trainer path.
+
+verl 0.9.1's v1 trainer asks its ``ReplayBuffer`` for each step's batch; the sync sampler checks whether the
+rollouts are finished and, if not, sleeps ``poll_interval`` seconds — hard-coded to 2.0 in
+``verl/trainer/ppo/v1/trainer_base.py::_build_replay_buffer``. On a tiny model whose generation takes a
+fraction of a second, that sleep is most of every step. verl's own extension point for samplers
+(``trainer.v1.sampler.custom_sampler.{path,name}``) lets one run pick this subclass, which reads the interval
+from ``trainer.v1.sampler.sampler_kwargs.poll_interval`` and is otherwise verl's class unchanged: nothing in
+verl is patched, and other runs in the same process keep verl's default.
+
+    trainer.v1.sampler.custom_sampler.path=pkg://verl_stable.lab.sampler
+    trainer.v1.sampler.custom_sampler.name=PollingReplayBuffer
+    +trainer.v1.sampler.sampler_kwargs.poll_interval=0.02
+
+(:func:`overrides` returns these.) verl passes custom samplers only its constructor contract: DAPO group
+filtering (``algorithm.filter_groups``) and ``sync_refill_failed_groups`` stay verl's defaults (off) under this
+sampler. Upstream change that would remove it: a ``trainer.v1.sampler.poll_interval`` config value passed to
+``ReplayBuffer(poll_interval=...)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
+
+DEFAULT_POLL_INTERVAL_S = 0.02
+_KEY = "trainer.v1.sampler.sampler_kwargs.poll_interval"
+
+
+def poll_interval_from(sampler_kwargs) -> float:
+    """The interval in ``sampler_kwargs`` (verl's ``trainer.v1.sampler.sampler_kwargs``), checked."""
+    raw = (sampler_kwargs or {}).get("poll_interval", DEFAULT_POLL_INTERVAL_S)
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{_KEY}={raw!r}: expected a number of seconds > 0") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{_KEY}={raw!r}: expected a number of seconds > 0")
+    return value
+
+
+class PollingReplayBuffer(ReplayBuffer):
+    """verl's sync :class:`ReplayBuffer`; the poll interval comes from ``sampler_kwargs.poll_interval``."""
+
+    def __init__(self, trainer_mode: str, *args, sampler_kwargs=None, **kwargs):
+        if trainer_mode != "sync":
+            raise ValueError(
+                f"trainer.v1.trainer_mode={trainer_mode!r}: {type(self).__name__} is verl's synchronous sampler; "
+                "unset trainer.v1.sampler.custom_sampler for the async modes"
+            )
+        kwargs.pop("poll_interval", None)
+        super().__init__(
+            trainer_mode,
+            *args,
+            sampler_kwargs=sampler_kwargs,
+            poll_interval=poll_interval_from(sampler_kwargs),
+            **kwargs,
+        )
+
+
+def overrides(poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> list[str]:
+    """Hydra overrides that make a v1 sync run use :class:`PollingReplayBuffer`."""
+    poll_interval_from({"poll_interval": poll_interval_s})
+    return [
+        f"trainer.v1.sampler.custom_sampler.path=pkg://{__name__}",
+        "trainer.v1.sampler.custom_sampler.name=PollingReplayBuffer",
+        f"+trainer.v1.sampler.sampler_kwargs.poll_interval={poll_interval_s}",
+    ]
