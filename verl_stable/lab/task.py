@@ -39,11 +39,16 @@ def check_difficulty(difficulty: int) -> int:
     return difficulty
 
 
+def operand_digits(difficulty: int) -> int:
+    return check_difficulty(difficulty)
+
+
 def prompt_text(a: int, b: int, difficulty: int) -> str:
     return f"{a:0{difficulty}d}+{b:0{difficulty}d}="
 
 
-def answer_text(a: int, b: int) -> str:
+def answer_text(a: int, b: int, difficulty: int | None = None) -> str:
+    """The full sum (its length does not depend on ``difficulty``)."""
     return str(a + b)
 
 
