@@ -213,7 +213,10 @@ def cold_start_sft(model, tokenizer, spec: dict) -> list[float]:
 
     difficulty = spec["difficulty"]
     _, held_out = task.split_problems(
-        seed=spec["data_seed"], difficulty=difficulty, n_train=1, n_eval=task.N_EVAL
+        seed=spec["data_seed"],
+        difficulty=difficulty,
+        n_train=1,
+        n_eval=task.default_n_eval(difficulty),
     )
     pool = _FreshProblems(difficulty, held_out)
     rng = random.Random(f"lab_sft/{spec['seed']}")

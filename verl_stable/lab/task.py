@@ -62,6 +62,12 @@ def prompt_length(difficulty: int) -> int:
     return 8 + 2 * check_difficulty(difficulty) + 2
 
 
+def default_n_eval(difficulty: int) -> int:
+    """:data:`N_EVAL` held-out problems, or a fifth of all distinct problems where that is fewer (difficulty 1)."""
+    space = 10 ** operand_digits(difficulty)
+    return min(N_EVAL, space * (space + 1) // 2 // 5)
+
+
 def split_problems(
     *, seed: int, difficulty: int, n_train: int, n_eval: int
 ) -> tuple[list, list]:
@@ -128,11 +134,17 @@ def build_datasets(
     seed: int = 0,
     difficulty: int = DEFAULT_DIFFICULTY,
     n_train: int = N_TRAIN,
-    n_eval: int = N_EVAL,
+    n_eval: int | None = None,
 ) -> tuple[str, str]:
-    """Write ``train.parquet`` and ``eval.parquet`` in verl's RL schema under ``out_dir``; return their paths."""
+    """Write ``train.parquet`` and ``eval.parquet`` in verl's RL schema under ``out_dir``; return their paths.
+
+    ``n_eval`` defaults to :func:`default_n_eval`; the cold start (:mod:`verl_stable.lab.model`) excludes that
+    many held-out problems, so a larger ``n_eval`` may include problems the cold start trained on.
+    """
     import pandas as pd
 
+    if n_eval is None:
+        n_eval = default_n_eval(difficulty)
     train, held_out = split_problems(
         seed=seed, difficulty=difficulty, n_train=n_train, n_eval=n_eval
     )
