@@ -7,7 +7,15 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from verl_stable.cpu.hf_engine import GenerationRequest, HFInferenceEngine, fp8_round_trip, is_fp8_target
+from verl_stable.cpu.hf_engine import (
+    INT_BITS,
+    SUPPORTED_QUANTIZATION,
+    GenerationRequest,
+    HFInferenceEngine,
+    fp8_round_trip,
+    int_round_trip,
+    is_fp8_target,
+)
 
 from tests.helpers import addition_prompt, response_logprobs
 
@@ -182,11 +190,60 @@ def test_fp8_round_trip_quantizes_matmul_weights_only():
     assert not is_fp8_target("model.norm.weight", torch.ones(16))
 
 
+@pytest.mark.parametrize("bits", [8, 4, 3])
+def test_int_round_trip_is_per_channel_and_within_half_a_step(bits):
+    torch.manual_seed(bits)
+    # rows of very different magnitude: a per-tensor scale would flatten the small rows to zero
+    w = torch.randn(8, 32) * torch.logspace(-3, 1, 8)[:, None]
+    q = int_round_trip(w, bits)
+    levels = 2 ** (bits - 1) - 1
+    step = w.abs().amax(dim=1, keepdim=True) / levels
+    assert q.dtype == w.dtype and q.shape == w.shape
+    assert ((q - w).abs() <= step / 2 + 1e-7 * step).all()  # round to nearest: at most half a step
+    grid = q / step
+    assert torch.allclose(grid, grid.round(), atol=1e-4)  # on the integer grid of its own row
+    assert grid.abs().max() <= levels + 1e-4 and len(torch.unique(grid.round())) <= 2 * levels + 1
+    assert torch.allclose(q.abs().amax(dim=1), w.abs().amax(dim=1))  # the absmax is representable
+    assert torch.allclose(int_round_trip(q, bits), q, atol=1e-6 * step.max())  # idempotent
+    assert not (q[0] == 0).all()  # the smallest row keeps its own resolution
+    # 3-D (packed experts): one scale per expert and row
+    packed = torch.stack([w, 100 * w])
+    assert torch.allclose(int_round_trip(packed, bits)[1], 100 * q, rtol=1e-5, atol=1e-6)
+    assert torch.equal(int_round_trip(torch.zeros(2, 4), bits), torch.zeros(2, 4))
+
+
+def test_fewer_bits_quantise_more_coarsely():
+    w = torch.randn(64, 64)
+    errors = [(int_round_trip(w, INT_BITS[name]) - w).pow(2).mean().item() for name in ("int8", "int4", "int3")]
+    fp8 = (fp8_round_trip(w) - w).pow(2).mean().item()
+    assert errors[0] < fp8 < errors[1] < errors[2]  # per-channel int8 is finer than per-tensor e4m3
+    with pytest.raises(FloatingPointError):
+        int_round_trip(torch.tensor([[1.0, float("nan")]]), 8)
+    with pytest.raises(ValueError, match="bits"):
+        int_round_trip(w, 1)
+
+
+def test_int_quantised_rollout_changes_matmul_weights_only(tiny_assets):
+    full = HFInferenceEngine(tiny_assets["model"], dtype="float32")
+    int4 = HFInferenceEngine(tiny_assets["model"], dtype="float32", quantization="int4")
+    before, after = dict(full.model.named_parameters()), dict(int4.model.named_parameters())
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    assert any("q_proj" in n for n in changed) and any("experts" in n for n in changed)
+    assert not any("embed" in n or "lm_head" in n or "norm" in n or n.endswith("mlp.gate.weight") for n in changed)
+    q = after["model.layers.0.self_attn.q_proj.weight"]
+    assert torch.equal(q, int_round_trip(before["model.layers.0.self_attn.q_proj.weight"], 4))
+    # a weight update is quantised the same way
+    update = [("model.layers.0.self_attn.q_proj.weight", torch.randn_like(q))]
+    int4.load_weights(update)
+    assert torch.equal(after["model.layers.0.self_attn.q_proj.weight"], int_round_trip(update[0][1], 4))
+
+
 def test_bad_settings_name_the_config_key(tiny_assets):
     with pytest.raises(ValueError, match="actor_rollout_ref.rollout.dtype"):
         HFInferenceEngine(tiny_assets["model"], dtype="int8")
     with pytest.raises(ValueError, match="actor_rollout_ref.rollout.quantization"):
         HFInferenceEngine(tiny_assets["model"], quantization="awq")
+    assert {"fp8", "int8", "int4", "int3"} <= set(SUPPORTED_QUANTIZATION)
     with pytest.raises(ValueError, match="actor_rollout_ref.rollout.logprobs_mode"):
         HFInferenceEngine(tiny_assets["model"], logprobs_mode="processed_logits")
 

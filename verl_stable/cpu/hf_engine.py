@@ -15,6 +15,10 @@ verl's agent loop. Semantics follow vLLM where verl depends on them:
 - precision: ``dtype`` is the compute dtype; ``quantization="fp8"`` round-trips the linear / expert
   weights through ``torch.float8_e4m3fn`` (per-tensor, per-expert scales) after every weight load, the way
   FP8 rollouts do, so the rollout policy mu_old genuinely differs from the trainer's pi_old.
+  ``quantization="int8"`` / ``"int4"`` / ``"int3"`` fake-quantise the same weights to symmetric integers with
+  one absmax scale per output channel (weight-only quantisation, as in GPTQ/AWQ-style int rollouts): a dial
+  for the training–inference mismatch, from bf16 rounding (KL ~1e-5 on the tiny model) up to the ~1e-3 of
+  the paper's 30B FP8 rollouts and beyond.
 """
 
 from __future__ import annotations
@@ -39,7 +43,8 @@ _DTYPES = {
     "fp32": torch.float32,
     "float": torch.float32,
 }
-SUPPORTED_QUANTIZATION = (None, "fp8")
+SUPPORTED_QUANTIZATION = (None, "fp8", "int8", "int4", "int3")
+INT_BITS = {"int8": 8, "int4": 4, "int3": 3}
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
 FP8_MAX = 448.0  # largest finite torch.float8_e4m3fn value
 _EXPERT_KEY = re.compile(r"^(.*\.experts)\.(\d+)\.(gate_proj|up_proj|down_proj)\.weight$")
@@ -81,6 +86,36 @@ def fp8_round_trip(tensor: torch.Tensor) -> torch.Tensor:
     scale = amax / FP8_MAX
     quantized = (src / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
     return (quantized.float() * scale).to(tensor.dtype)
+
+
+@torch.no_grad()
+def int_round_trip(tensor: torch.Tensor, bits: int) -> torch.Tensor:
+    """Symmetric per-output-channel fake quantisation to ``bits``-bit integers and back.
+
+    One absmax scale per row of the last two dimensions (an output channel of ``[out, in]``, per expert for
+    3-D weights): ``q = clamp(round(w / s), -L, L) * s`` with ``L = 2**(bits-1) - 1`` and ``s = absmax / L``,
+    so every element moves by at most ``s / 2``. All-zero rows stay zero; non-finite input is an error.
+    """
+    if not 2 <= bits <= 8:
+        raise ValueError(f"int_round_trip: bits={bits} must be in 2..8")
+    src = tensor.float()
+    if not torch.isfinite(src).all():
+        raise FloatingPointError("int_round_trip: weight has non-finite values")
+    levels = 2 ** (bits - 1) - 1
+    scale = src.abs().amax(dim=-1, keepdim=True).clamp(min=1e-12) / levels
+    return ((src / scale).round().clamp(-levels, levels) * scale).to(tensor.dtype)
+
+
+def round_trip(tensor: torch.Tensor, quantization: str) -> torch.Tensor:
+    """The rollout's weight quantisation ``quantization`` (one of :data:`SUPPORTED_QUANTIZATION`) and back."""
+    if quantization == "fp8":
+        return fp8_round_trip(tensor)
+    if quantization in INT_BITS:
+        return int_round_trip(tensor, INT_BITS[quantization])
+    raise ValueError(
+        f"actor_rollout_ref.rollout.quantization={quantization!r} is not supported by the hf_cpu rollout; "
+        f"use one of {SUPPORTED_QUANTIZATION}"
+    )
 
 
 @dataclass
@@ -172,7 +207,7 @@ class HFInferenceEngine:
                     f"({type(self.model).__name__}) has no MoE router to record ({exc}); turn it off for dense models"
                 ) from exc
         self.weight_version = 0
-        if self.quantization == "fp8":
+        if self.quantization is not None:
             self._quantize_all()
 
     # ------------------------------------------------------------------ weights
@@ -209,7 +244,7 @@ class HFInferenceEngine:
 
     @torch.no_grad()
     def load_weights(self, named_tensors: Iterable[tuple[str, torch.Tensor]]) -> int:
-        """Copy trainer weights in (cast to the compute dtype, FP8 round trip if enabled). Returns the count.
+        """Copy trainer weights in (cast to the compute dtype, quantisation round trip if enabled). Returns the count.
 
         An unknown name or a shape mismatch is an error, not a skip, so a layout mismatch between trainer
         and rollout cannot go unnoticed.
@@ -227,8 +262,8 @@ class HFInferenceEngine:
             value = tensor.detach().to(device=target.device, dtype=target.dtype)
             if not torch.isfinite(value).all():
                 raise FloatingPointError(f"hf_cpu rollout: trainer sent non-finite values in weight {name!r}")
-            if self.quantization == "fp8" and is_fp8_target(name, value):
-                value = fp8_round_trip(value)
+            if self.quantization is not None and is_fp8_target(name, value):
+                value = round_trip(value, self.quantization)
             target.copy_(value)
             count += 1
         self.weight_version += 1
