@@ -358,6 +358,7 @@ def check_batch_sizes(config) -> Iterator[ConfigIssue]:
 
 def check_verl(config) -> Iterator[ConfigIssue]:
     """verl's own ``validate_config`` (the one its main runs), its assertions turned into one line each."""
+    from hydra.errors import InstantiationException
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
@@ -366,6 +367,10 @@ def check_verl(config) -> Iterator[ConfigIssue]:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    except InstantiationException as exc:  # a key verl's dataclass does not have (a typo), or a wrong type
+        cause = exc.__cause__ or exc
+        where = str(exc).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(exc) else "?"
+        yield ConfigIssue("verl validate_config", type(cause).__name__, f"{where}: {cause}".replace("\n", " "))
     except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
         yield ConfigIssue("verl validate_config", type(exc).__name__, str(exc) or repr(exc))
 
