@@ -127,3 +127,21 @@ def test_dry_run_prints_the_memory_a_recipe_implies(data, capsys):
     assert recipes.memory_estimate(config).route_bytes_per_token == 0
     est = recipes.memory_estimate(config)
     assert est.kv_bytes_per_token == 2 * 48 * 4 * 128 * 2 and est.concurrent_full_sequences_per_engine >= 1
+
+
+def test_math_data_script_writes_verls_schema(tmp_path):
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("prep", recipes.RECIPES_DIR / "prepare_math_data.py")
+    prep = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(prep)
+    src = tmp_path / "math.jsonl"
+    src.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+3?", "answer": 5}\n')
+    assert prep.main([str(src), str(tmp_path / "train.parquet")]) == 0
+    frame = pd.read_parquet(tmp_path / "train.parquet")
+    assert list(frame["data_source"]) == ["math_dapo"] * 2
+    assert frame["reward_model"][1]["ground_truth"] == "5" and frame["prompt"][0][0]["role"] == "user"
+    with pytest.raises(KeyError, match="--question-key"):
+        prep.to_verl_rows([{"q": 1}], "problem", "answer", "math_dapo", "train")
