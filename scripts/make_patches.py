@@ -412,6 +412,16 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
                 "  replay_file: null\n",
             ),
             CopyTree("verl_stable/config/routing_replay", "verl/trainer/config/routing_replay", pattern="*.yaml"),
+            # routing_replay=R2|R3 swaps in replay_engine/<model_engine>_<mode>.yaml: the default entry lives in
+            # ppo_trainer's defaults list (Hydra overrides only what the tree already has)
+            CopyTree("verl_stable/config/replay_engine", "verl/trainer/config/replay_engine", pattern="*.yaml"),
+            Edit(
+                "verl/trainer/config/ppo_trainer.yaml",
+                "  # TransferQueue configuration.\n  - transfer_queue@transfer_queue: transfer_queue\n",
+                "  # TransferQueue configuration.\n  - transfer_queue@transfer_queue: transfer_queue\n\n"
+                "  # MoE routing replay switch per engine (disabled; routing_replay=R2|R3 swaps in <engine>_R2|R3)\n"
+                "  - replay_engine@_global_: ${model_engine}_disabled\n",
+            ),
             # the shared test helpers (tiny models, random routes, log-probs, expert taps); the FSDP engine
             # harness (helpers/engine.py) joins them in the CPU patch, where its tests can run
             CopyTree("tests/helpers", "tests/utils/routing_replay/helpers", exclude=("engine.py", "processes.py")),

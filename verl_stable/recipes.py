@@ -150,7 +150,7 @@ def memory_estimate(config: DictConfig, shape: dict = QWEN3_30B_A3B, gpu_gb: flo
 
 
 #: Free-form dicts in verl's schema: keys below them are the user's (model config overrides, environment).
-FREE_FORM = ("override_config", "env_vars", "engine_kwargs", "reward_kwargs", "override_transformer_config")
+FREE_FORM = ("override_config", "runtime_env", "env_vars", "engine_kwargs", "reward_kwargs", "override_transformer_config")
 
 
 def set_keys(yaml_file: Path) -> list[str]:
@@ -177,7 +177,7 @@ def unknown_keys(yaml_file: Path, schema: DictConfig) -> list[str]:
     for key in set_keys(yaml_file):
         parent, _, leaf = key.rpartition(".")
         node = OmegaConf.select(schema, parent) if parent else schema
-        if not isinstance(node, DictConfig) or leaf not in node:
+        if not isinstance(node, DictConfig) or leaf not in node.keys():  # keys(): a '???' value is "not in" node
             missing.append(key)
     return missing
 

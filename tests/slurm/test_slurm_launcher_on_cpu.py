@@ -5,6 +5,7 @@ job that resumes from its checkpoint. Skipped, with the reason, where Slurm or r
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -31,6 +32,7 @@ def _submit(slurm, run_dir: Path, *overrides) -> int:
     env = {
         "VERL_PLATFORM": "cpu", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
         "PATH": f"{venv_bin}:/usr/bin:/bin:/usr/sbin:/sbin", "RUN_DIR": str(run_dir), "VERL_STABLE_RUN_DIR": str(run_dir),
+        "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl"),
         "PREPARE": f"{sys.executable} -m verl_stable.tasks.addition {run_dir}", "CPUS_PER_NODE": "8",
         "JOIN_TIMEOUT": "180", "RAY_PORT": str(_free_port()), "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1", "VERL_STABLE_ROOT": str(ROOT),
     }
@@ -79,7 +81,10 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
         pytest.fail(_why(run_dir, slurm))
     assert (run_dir / "logs" / "train-1.log").exists(), _why(run_dir, slurm)
     resumed = (run_dir / "logs" / "train-1.log").read_text()
-    assert "global_step_" in resumed and "Load from checkpoint" in resumed or "resume" in resumed.lower(), resumed[-3000:]
-    steps = _steps(run_dir / "metrics.jsonl")
-    assert steps[-1] == 3 and 1 not in steps[steps.index(3) - 1:], steps  # the second run did not start over
+    loaded = re.search(r"Load from checkpoint folder: (\S*global_step_(\d+))", resumed)
+    assert loaded and Path(loaded.group(1)).parent == ckpt, resumed[-3000:]
+    k = int(loaded.group(2))
+    # the second run continued after step k (verl's logger restarts its file: the launcher kept the first one)
+    assert _steps(run_dir / "metrics.jsonl") == list(range(k + 1, 4)), _why(run_dir, slurm)
+    assert _steps(run_dir / "metrics.restart-0.jsonl")[:k] == list(range(1, k + 1))
     assert (ckpt / "global_step_3").exists()
