@@ -81,7 +81,8 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
         pytest.fail(_why(run_dir, slurm))
     assert (run_dir / "logs" / "train-1.log").exists(), _why(run_dir, slurm)
     resumed = (run_dir / "logs" / "train-1.log").read_text()
-    loaded = re.search(r"Load from checkpoint folder: (\S*global_step_(\d+))", resumed)
+    # verl's v1 trainer: "Resuming from <dir>/global_step_k, ..."; its legacy loop: "Load from checkpoint folder: ..."
+    loaded = re.search(r"(?:Resuming from|Load from checkpoint folder:) (\S*global_step_(\d+))", resumed)
     assert loaded and Path(loaded.group(1)).parent == ckpt, resumed[-3000:]
     k = int(loaded.group(2))
     # the second run continued after step k (verl's logger restarts its file: the launcher kept the first one)
