@@ -442,6 +442,16 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
                 "            raise ValueError(f\"router_replay.max_unrouted_fraction={self.max_unrouted_fraction} must be in [0, 1]\")\n",
             ),
             CopyTree("verl_stable/config/routing_replay", "verl/trainer/config/routing_replay", pattern="*.yaml"),
+            # routing_replay=R2|R3 swaps in replay_engine/<model_engine>_<mode>.yaml: the default entry lives in
+            # ppo_trainer's defaults list (Hydra overrides only what the tree already has)
+            CopyTree("verl_stable/config/replay_engine", "verl/trainer/config/replay_engine", pattern="*.yaml"),
+            Edit(
+                "verl/trainer/config/ppo_trainer.yaml",
+                "  # TransferQueue configuration.\n  - transfer_queue@transfer_queue: transfer_queue\n",
+                "  # TransferQueue configuration.\n  - transfer_queue@transfer_queue: transfer_queue\n\n"
+                "  # MoE routing replay switch per engine (disabled; routing_replay=R2|R3 swaps in <engine>_R2|R3)\n"
+                "  - replay_engine@_global_: ${model_engine}_disabled\n",
+            ),
             # the shared test helpers (tiny models, random routes, log-probs, expert taps); the FSDP engine
             # harness (helpers/engine.py) joins them in the CPU patch, where its tests can run
             CopyTree("tests/helpers", "tests/utils/routing_replay/helpers", exclude=("engine.py", "processes.py")),
@@ -754,6 +764,8 @@ TEXT_RULES: list[tuple[str, str]] = [
     (r" \(SPEC §[\d.]+\)", ""),  # the project's spec, not verl's
     (r"verl_stable/addition_mod10", "addition_mod10"),
     (r"verl_stable_cpu_device", "verl_cpu_device"),
+    # the plugin's subclass adds max_unrouted_fraction; the series adds it to verl's class itself
+    (r"verl_stable\.routing\.fsdp_plugin\.RouterReplayConfig", "verl.workers.config.EngineRouterReplayConfig"),
 ]
 
 

@@ -111,7 +111,8 @@ MISTAKES = [
     (["routing_replay=R2", "actor_rollout_ref.rollout.enable_rollout_routing_replay=true"], "minirl",
      "actor_rollout_ref.rollout.enable_rollout_routing_replay"),
     (["routing_replay=R2", f"{CORR}.bypass_mode=true"], "minirl", f"{CORR}.bypass_mode"),
-    (["routing_replay=R3", f"{ACTOR}.strategy=megatron"], "minirl", f"{ACTOR}.strategy"),
+    # the FSDP switch on a Megatron actor: Megatron never reads it
+    (["routing_replay=R3", f"{ACTOR}.strategy=megatron"], "minirl", f"{ACTOR}.fsdp_config.router_replay.mode"),
     (["routing_replay=R3", "actor_rollout_ref.rollout.name=hf"], "minirl", "actor_rollout_ref.rollout.name"),
     (["routing_replay=R3", f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction=1.5"], "minirl",
      f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction"),

@@ -61,7 +61,7 @@ def plugin_policy_hint(environ=None) -> str | None:
     )
 
 
-def doctor(ray_worker: bool = True) -> int:
+def doctor(ray_worker: bool = True, address: str | None = None, every_node: bool = False) -> int:
     import verl_stable
     from verl_stable.losses import LOSS_MODES
 
@@ -108,7 +108,9 @@ def doctor(ray_worker: bool = True) -> int:
             print(f"       missing: {sorted(missing)}" + (f": {hint}" if hint else
                   " (verl logs plugin import errors at debug level only; the import check above shows them)"))
 
-    if ray_worker:
+    if address:
+        failures += _check_ray_cluster(expected, address, every_node)
+    elif ray_worker:
         failures += _check_ray_worker(expected)
     print("doctor: all checks passed" if failures == 0 else f"doctor: {failures} check(s) failed")
     return 0 if failures == 0 else 1
@@ -142,6 +144,47 @@ def _check_ray_worker(expected: set[str]) -> int:
     return int(not ok)
 
 
+def _check_ray_cluster(expected: set[str], address: str, every_node: bool) -> int:
+    """The probe in a Ray worker of a running cluster: on one node, or pinned to each alive node in turn."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    try:
+        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    except Exception as exc:
+        print(f"[FAIL] Ray cluster at {address}: {type(exc).__name__}: {exc}")
+        return 1
+    failures = 0
+    try:
+        nodes = [n for n in ray.nodes() if n["Alive"]] if every_node else [None]
+
+        @ray.remote(num_cpus=0)
+        def probe() -> dict:
+            import socket
+
+            return {**_registration_report(), "host": socket.gethostname()}
+
+        for node in nodes:
+            strategy = NodeAffinitySchedulingStrategy(node["NodeID"], soft=False) if node else "DEFAULT"
+            where = node["NodeManagerAddress"] if node else address
+            try:
+                report = ray.get(probe.options(scheduling_strategy=strategy).remote(), timeout=300)
+            except Exception as exc:
+                print(f"[FAIL] Ray node {where}: {type(exc).__name__}: {exc}")
+                failures += 1
+                continue
+            missing = expected - set(report["losses"])
+            ok = report["plugin_loaded"] and not missing
+            failures += not ok
+            print(f"[{_ok(ok)}] Ray node {where} ({report['host']}, verl {report['verl']}): plugin loaded, "
+                  f"losses registered" + ("" if ok else f"; missing {sorted(missing)}: is verl-stable installed there?"))
+        if every_node:
+            print(f"[{_ok(not failures)}] {len(nodes)} node(s) of the Ray cluster at {address} checked")
+    finally:
+        ray.shutdown()
+    return failures
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lab"]:  # the lab has its own parser (options + Hydra overrides)
@@ -153,11 +196,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("lab", help="the CPU lab: the paper's grid through verl's trainer, plots and a report", add_help=False)
     doc = sub.add_parser("doctor", help="check that the plugin loads here and in a Ray worker; non-zero on failure")
     doc.add_argument("--no-ray", action="store_true", help="skip the Ray worker check")
+    doc.add_argument("--address", help="check the Ray cluster at this address (host:port) instead of starting one")
+    doc.add_argument("--every-node", action="store_true", help="with --address: run the check on every alive node")
     doc.add_argument("--quiet", action="store_true", help="one line when all checks pass, the full report otherwise")
     args = parser.parse_args(argv)
     if args.command == "doctor":
         if not args.quiet:
-            return doctor(ray_worker=not args.no_ray)
+            return doctor(ray_worker=not args.no_ray, address=args.address, every_node=args.every_node)
         import contextlib
         import io
         import warnings
@@ -165,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         buffer = io.StringIO()
         with contextlib.redirect_stdout(buffer), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            status = doctor(ray_worker=not args.no_ray)
+            status = doctor(ray_worker=not args.no_ray, address=args.address, every_node=args.every_node)
         if status == 0:
             print("[doctor] verl-stable plugin loads in a fresh interpreter and in a Ray worker: ok")
         else:

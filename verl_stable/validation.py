@@ -151,9 +151,42 @@ def check_clip(config) -> Iterator[ConfigIssue]:
         yield ConfigIssue(key, low if key.endswith("_low") else high, message.split(": ", 1)[-1].rstrip("."))
 
 
+#: verl's routing-replay switch per actor strategy: the engine config each strategy reads (verl 0.9.1's
+#: ``ActorRolloutRefWorker`` reads megatron / veomni; verl-stable's FSDP engine mixin reads fsdp_config).
+REPLAY_ENGINE_KEYS = {
+    "fsdp": "fsdp_config",
+    "fsdp2": "fsdp_config",
+    "megatron": "megatron",
+    "veomni": "veomni",
+}
+#: Engine configs that carry verl's EngineRouterReplayConfig (the field lives on the shared EngineConfig base).
+_ENGINE_CONFIG_KEYS = ("fsdp_config", "megatron", "veomni", "torchtitan", "automodel")
+
+
+def replay_mode_key(strategy) -> Optional[str]:
+    """The full key of verl's routing-replay switch for an actor strategy; None for a strategy without replay."""
+    engine = REPLAY_ENGINE_KEYS.get(str(strategy))
+    return None if engine is None else f"{ACTOR}.{engine}.router_replay.mode"
+
+
+def _requested_modes(config) -> dict[str, str]:
+    """Every ``actor_rollout_ref.actor.<engine>.router_replay.mode`` in the config, by full key."""
+    modes = {}
+    for engine in _ENGINE_CONFIG_KEYS:
+        mode = _get(config, f"{ACTOR}.{engine}.router_replay.mode")
+        if mode is not None:
+            modes[f"{ACTOR}.{engine}.router_replay.mode"] = str(mode)
+    return modes
+
+
 def replay_mode(config) -> str:
-    """The routing-replay mode the composed config asks for (verl's FSDP engine key)."""
-    return str(_get(config, FSDP_REPLAY_KEY, "disabled"))
+    """The routing-replay mode the composed config asks for: the switch of the actor strategy's own engine, or
+    (for a strategy without replay) the first switch that is on anywhere."""
+    key = replay_mode_key(_get(config, f"{ACTOR}.strategy"))
+    modes = _requested_modes(config)
+    if key is not None:
+        return modes.get(key, "disabled")
+    return next((mode for mode in modes.values() if mode != "disabled"), "disabled")
 
 
 #: The router_replay block class that carries ``max_unrouted_fraction`` (verl's own class has no such field).
@@ -181,24 +214,34 @@ def check_unrouted_tolerance(config) -> Iterator[ConfigIssue]:
 
 def check_routing_replay(config) -> Iterator[ConfigIssue]:
     yield from check_unrouted_tolerance(config)
-    mode = replay_mode(config)
-    if mode not in REPLAY_MODES:
-        yield ConfigIssue(FSDP_REPLAY_KEY, mode, "unknown routing-replay mode", _fmt(REPLAY_MODES))
-        return
-    if mode == "disabled":
-        return
     strategy = _get(config, f"{ACTOR}.strategy")
-    if strategy not in FSDP_STRATEGIES:
-        yield ConfigIssue(
-            f"{ACTOR}.strategy", strategy,
-            f"routing_replay={mode} sets verl-stable's FSDP routing replay ({FSDP_REPLAY_KEY}); on megatron/veomni "
-            "use that engine's own actor_rollout_ref.actor.<engine>.router_replay.mode", _fmt(FSDP_STRATEGIES),
-        )
+    own_key = replay_mode_key(strategy)
+    modes = _requested_modes(config)
+    for key, value in modes.items():
+        if value not in REPLAY_MODES:
+            yield ConfigIssue(key, value, "unknown routing-replay mode", _fmt(REPLAY_MODES))
+            return
+    for key, value in modes.items():
+        if key != own_key and value != "disabled":
+            if own_key is None:
+                yield ConfigIssue(
+                    f"{ACTOR}.strategy", strategy, f"{key}={value} asks for routing replay, but verl's {strategy} "
+                    "engine has none (routing_replay=R2|R3 works on model_engine=dp (FSDP, verl-stable) and "
+                    "model_engine=megatron / veomni (verl's own))", _fmt(REPLAY_ENGINE_KEYS),
+                )
+            else:
+                yield ConfigIssue(
+                    key, value, f"actor_rollout_ref.actor.strategy={strategy} never reads this switch; its engine's "
+                    f"is {own_key} (routing_replay=R2|R3 sets the right one for model_engine)", "disabled",
+                )
+    mode = replay_mode(config)
+    if mode == "disabled" or own_key is None:
+        return
     returns_routes = bool(_get(config, ROUTE_RETURN_KEY, False))
     if mode == "R3" and not returns_routes:
         yield ConfigIssue(
-            ROUTE_RETURN_KEY, False, "routing_replay=R3 replays the rollout engine's routes, but the rollout returns "
-            "none (the R3 preset sets it; or use routing_replay=R2)", "true",
+            ROUTE_RETURN_KEY, False, f"{own_key}=R3 replays the rollout engine's routes, but the rollout returns "
+            "none (the routing_replay=R3 preset sets it; or use routing_replay=R2)", "true",
         )
     rollout_name = _get(config, f"{ROLLOUT}.name")  # None: still '???' in verl's default, verl asks for it
     if mode == "R3" and rollout_name is not None and rollout_name not in ROUTE_RETURNING_ROLLOUTS:
@@ -208,19 +251,20 @@ def check_routing_replay(config) -> Iterator[ConfigIssue]:
         )
     if mode == "R2" and returns_routes:
         yield ConfigIssue(
-            ROUTE_RETURN_KEY, True, "routing_replay=R2 records the training engine's routes in the π_old pass; rollout "
+            ROUTE_RETURN_KEY, True, f"{own_key}=R2 records the training engine's routes in the π_old pass; rollout "
             "routes would arrive under the same batch field (use routing_replay=R3 for rollout routes)", "false",
         )
     if mode == "R2" and _get(config, f"{CORRECTION}.bypass_mode", False):
         yield ConfigIssue(
-            f"{CORRECTION}.bypass_mode", True, "routing_replay=R2 records routes in the π_old recomputation, which "
+            f"{CORRECTION}.bypass_mode", True, f"{own_key}=R2 records routes in the π_old recomputation, which "
             "bypass mode skips", "false",
         )
-    yield from _check_model_routes(config, mode)
+    yield from _check_model_routes(config, mode, fsdp=strategy in FSDP_STRATEGIES)
 
 
-def _check_model_routes(config, mode: str) -> Iterator[ConfigIssue]:
-    """Read the model's config (local files only: no hub traffic before Ray) and refuse models without routers."""
+def _check_model_routes(config, mode: str, fsdp: bool) -> Iterator[ConfigIssue]:
+    """Read the model's config (local directories only: a hub id on a cluster is left to the engine, no hub traffic
+    before Ray) and refuse models without routers; on FSDP also router types verl-stable has no adapter for."""
     from verl_stable.routing.hf import ADAPTERS, num_routed_experts
 
     path = _get(config, "actor_rollout_ref.model.path")
@@ -232,9 +276,11 @@ def _check_model_routes(config, mode: str) -> Iterator[ConfigIssue]:
         yield ConfigIssue(
             "routing_replay", mode, f"the model at actor_rollout_ref.model.path={path} (model_type {model_type}) is "
             "dense: it has no routed experts to replay; drop routing_replay (or set "
-            f"{FSDP_REPLAY_KEY}=disabled)",
+            f"{replay_mode_key(_get(config, f'{ACTOR}.strategy'))}=disabled)",
         )
         return
+    if not fsdp:
+        return  # Megatron / VeOmni build the model themselves and patch their own routers
     module = _modeling_module(model_type)
     if module is None:
         return
@@ -337,6 +383,7 @@ def check_batch_sizes(config) -> Iterator[ConfigIssue]:
 
 def check_verl(config) -> Iterator[ConfigIssue]:
     """verl's own ``validate_config`` (the one its main runs), its assertions turned into one line each."""
+    from hydra.errors import InstantiationException
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
@@ -345,6 +392,10 @@ def check_verl(config) -> Iterator[ConfigIssue]:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             validate_config(config, use_reference_policy=need_reference_policy(config), use_critic=need_critic(config))
+    except InstantiationException as exc:  # a key verl's dataclass does not have (a typo), or a wrong type
+        cause = exc.__cause__ or exc
+        where = str(exc).rsplit("full_key: ", 1)[-1].strip() if "full_key: " in str(exc) else "?"
+        yield ConfigIssue("verl validate_config", type(cause).__name__, f"{where}: {cause}".replace("\n", " "))
     except (AssertionError, ValueError, TypeError, RuntimeError) as exc:
         yield ConfigIssue("verl validate_config", type(exc).__name__, str(exc) or repr(exc))
 

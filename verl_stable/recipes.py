@@ -1,0 +1,224 @@
+"""The recipes in ``recipes/``: the paper's grid as named cells, their launch lines, and what each one implies.
+
+    python -m verl_stable.recipes list                       # every recipe / cell with its launch line
+    python -m verl_stable.recipes overrides minirl_r3_n4 --backend megatron   # the Hydra arguments, one per line
+    python -m verl_stable.recipes dry-run minirl_r3_n4 --backend fsdp [overrides...]   # compose + validate + memory
+
+A recipe is a primary Hydra config under ``recipes/`` (composed on verl-stable's ``base/trainer``); a grid cell is
+a set of group choices on it (``recipes/qwen3_30b_a3b/grid.yaml``). Launch any of them with
+``python -m verl_stable.main --config-path=<abs recipe dir> --config-name=<recipe> <choices> <overrides>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+GRID_RECIPE = "qwen3_30b_a3b"
+BACKENDS = ("fsdp", "megatron")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One launchable recipe: a primary config (``config_dir/config_name.yaml``) plus group choices."""
+
+    name: str
+    config_dir: Path
+    config_name: str
+    choices: tuple[str, ...] = ()
+    hardware: str = ""
+
+    def launch_line(self, extra: str = "") -> str:
+        rel = self.config_dir.relative_to(RECIPES_DIR.parent)
+        args = " ".join(self.choices)
+        return (f"python -m verl_stable.main --config-path=$PWD/{rel} --config-name={self.config_name} {args} "
+                f"{extra}").strip()
+
+    def sbatch_line(self) -> str:
+        rel = self.config_dir.relative_to(RECIPES_DIR.parent)
+        return f"sbatch -N {self.nodes} scripts/slurm/verl_stable.sbatch {rel}/{self.config_name} {' '.join(self.choices)}".strip()
+
+    @property
+    def nodes(self) -> int:
+        return int(self.hardware.split("x", 1)[0]) if "x" in self.hardware else 1
+
+
+def grid_cells(recipes_dir: Path = RECIPES_DIR) -> dict[str, dict]:
+    """``{cell: {algorithm, routing_replay, offpolicy, regime}}`` from ``qwen3_30b_a3b/grid.yaml``."""
+    grid = OmegaConf.to_container(OmegaConf.load(recipes_dir / GRID_RECIPE / "grid.yaml"))
+    return {name: {**choices, "regime": regime} for regime, cells in grid.items() for name, choices in cells.items()}
+
+
+def all_recipes(recipes_dir: Path = RECIPES_DIR) -> list[Recipe]:
+    """Every recipe: each grid cell on both backends, the single-node smokes and the CPU recipe."""
+    grid_dir = recipes_dir / GRID_RECIPE
+    out = []
+    for backend in BACKENDS:
+        for cell, c in grid_cells(recipes_dir).items():
+            replay = c["routing_replay"]
+            choices = (f"backend={backend}", f"algorithm={c['algorithm']}", f"offpolicy={c['offpolicy']}",
+                       *([f"routing_replay={replay}"] if replay else []), f"trainer.experiment_name={cell}_{backend}")
+            out.append(Recipe(f"{cell}@{backend}", grid_dir, GRID_RECIPE, choices, "8x8 GPU 80GB"))
+    for backend in BACKENDS:
+        out.append(Recipe(f"smoke@{backend}", recipes_dir / "smoke", "smoke", (f"backend={backend}",), "1x8 GPU 80GB"))
+    out.append(Recipe("cpu_tiny_moe", recipes_dir / "cpu", "tiny_moe", (), "1x CPU"))
+    return out
+
+
+def find(name: str, recipes_dir: Path = RECIPES_DIR) -> Recipe:
+    for recipe in all_recipes(recipes_dir):
+        if recipe.name == name:
+            return recipe
+    known = ", ".join(r.name for r in all_recipes(recipes_dir))
+    raise KeyError(f"no recipe {name!r} (known: {known})")
+
+
+def compose(recipe: Recipe, overrides: list[str] = ()) -> DictConfig:
+    """Compose a recipe exactly as ``python -m verl_stable.main --config-path=... --config-name=...`` does."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(recipe.config_dir), version_base=None):
+        return hydra_compose(config_name=recipe.config_name, overrides=[*recipe.choices, *overrides])
+
+
+# ------------------------------------------------------------------------------------------ memory estimate
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """What one step of a recipe holds, from its config and the model's shape (SPEC §6)."""
+
+    responses_per_step: int
+    max_tokens_per_step: int
+    route_bytes_per_token: int
+    routes_in_batch_gb: float
+    kv_bytes_per_token: int
+    kv_per_sequence_gb: float
+    rollout_kv_budget_gb: float
+    concurrent_full_sequences_per_engine: int
+
+    def lines(self) -> list[str]:
+        return [
+            f"responses per step: {self.responses_per_step:,}; worst-case tokens per step (prompt + response): "
+            f"{self.max_tokens_per_step:,}",
+            f"routes in the batch: {self.route_bytes_per_token} B/token -> {self.routes_in_batch_gb:.1f} GB at the "
+            "worst case (routing replay only: R3 carries the rollout's routes, R2 records the trainer's at π_old)",
+            f"rollout KV cache: {self.kv_bytes_per_token:,} B/token -> {self.kv_per_sequence_gb:.2f} GB per full-length "
+            f"sequence; budget per engine {self.rollout_kv_budget_gb:.0f} GB -> {self.concurrent_full_sequences_per_engine} "
+            "full-length sequences at once",
+        ]
+
+
+# Qwen3-30B-A3B (its config.json): 48 layers, 128 experts top-8, 4 KV heads x 128 dims, 30.5B parameters.
+QWEN3_30B_A3B = dict(layers=48, experts=128, top_k=8, kv_heads=4, head_dim=128, params_b=30.5)
+
+
+def memory_estimate(config: DictConfig, shape: dict = QWEN3_30B_A3B, gpu_gb: float = 80.0) -> MemoryEstimate:
+    from verl_stable.routing.routes import compact_dtype
+
+    n = int(config.actor_rollout_ref.rollout.n)
+    responses = int(config.data.train_batch_size) * n
+    seq = int(config.data.max_prompt_length) + int(config.data.max_response_length)
+    tokens = responses * seq
+    returns_routes = bool(OmegaConf.select(config, "actor_rollout_ref.rollout.enable_rollout_routing_replay"))
+    from verl_stable.validation import replay_mode
+
+    replays = replay_mode(config) != "disabled" or returns_routes
+    import torch
+
+    itemsize = torch.empty((), dtype=compact_dtype(shape["experts"])).element_size()
+    route_bytes = shape["layers"] * shape["top_k"] * itemsize if replays else 0
+    # K and V per layer in a bf16 cache (FP8 rollout quantises the weights; the KV cache stays bf16 by default)
+    kv_bytes = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * 2
+    tp = int(OmegaConf.select(config, "actor_rollout_ref.rollout.tensor_model_parallel_size") or 1)
+    util = float(OmegaConf.select(config, "actor_rollout_ref.rollout.gpu_memory_utilization") or 0.5)
+    weights_gb = shape["params_b"] * 2  # bf16 weights, whole model per engine (TP x EP shard it across its GPUs)
+    budget = max(0.0, tp * gpu_gb * util - weights_gb)
+    per_seq_gb = seq * kv_bytes / 1e9
+    return MemoryEstimate(
+        responses_per_step=responses, max_tokens_per_step=tokens, route_bytes_per_token=route_bytes,
+        routes_in_batch_gb=tokens * route_bytes / 1e9, kv_bytes_per_token=kv_bytes, kv_per_sequence_gb=per_seq_gb,
+        rollout_kv_budget_gb=budget, concurrent_full_sequences_per_engine=math.floor(budget / per_seq_gb),
+    )
+
+
+#: Free-form dicts in verl's schema: keys below them are the user's (model config overrides, environment).
+FREE_FORM = ("override_config", "runtime_env", "env_vars", "engine_kwargs", "reward_kwargs", "override_transformer_config")
+
+
+def set_keys(yaml_file: Path) -> list[str]:
+    """Every leaf key a recipe file sets (dotted, from the file's package), without ``hydra`` and ``defaults``."""
+    raw = OmegaConf.load(yaml_file)
+    keys: list[str] = []
+
+    def walk(node, prefix):
+        for key, value in node.items_ex(resolve=False) if isinstance(node, DictConfig) else node.items():
+            path = f"{prefix}{key}"
+            if isinstance(value, DictConfig) and len(value) and key not in FREE_FORM:
+                walk(value, path + ".")
+            else:
+                keys.append(path)
+
+    walk(OmegaConf.masked_copy(raw, [k for k in raw if k not in ("hydra", "defaults")]), "")
+    return keys
+
+
+def unknown_keys(yaml_file: Path, schema: DictConfig) -> list[str]:
+    """Keys ``yaml_file`` sets that verl's composed config tree (``schema``) does not have: a typo would otherwise
+    become a silently ignored key or a failure on the cluster."""
+    missing = []
+    for key in set_keys(yaml_file):
+        parent, _, leaf = key.rpartition(".")
+        node = OmegaConf.select(schema, parent) if parent else schema
+        if not isinstance(node, DictConfig) or leaf not in node.keys():  # keys(): a '???' value is "not in" node
+            missing.append(key)
+    return missing
+
+
+def world_size(config: DictConfig) -> int:
+    return int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m verl_stable.recipes", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="every recipe with its launch line")
+    for name in ("overrides", "dry-run"):
+        p = sub.add_parser(name)
+        p.add_argument("recipe", help="a grid cell (e.g. minirl_r3_n4), smoke, or cpu_tiny_moe")
+        p.add_argument("--backend", choices=BACKENDS, default="fsdp")
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "list":
+        for recipe in all_recipes():
+            print(f"{recipe.name:<32} {recipe.hardware:<14} {recipe.launch_line()}")
+        return 0
+    name = args.recipe if args.recipe == "cpu_tiny_moe" or "@" in args.recipe else f"{args.recipe}@{args.backend}"
+    recipe = find(name)
+    if args.command == "overrides":
+        print("\n".join([f"--config-path={recipe.config_dir}", f"--config-name={recipe.config_name}", *recipe.choices]))
+        return 0
+    from verl_stable import validation
+
+    config = compose(recipe, extra)
+    print(f"[dry-run] {recipe.name}: {recipe.launch_line(' '.join(extra))}")
+    print(f"[dry-run] world size {world_size(config)} ({config.trainer.nnodes} nodes x {config.trainer.n_gpus_per_node})")
+    for line in memory_estimate(config).lines():
+        print(f"[dry-run] {line}")
+    try:
+        validation.validate_trainer_config(config)
+    except validation.ConfigError as error:
+        validation.report(error)
+        return validation.EXIT_CONFIG_ERROR
+    print("[dry-run] config valid (verl-stable's checks + verl's validate_config)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
