@@ -765,7 +765,11 @@ TEXT_RULES: list[tuple[str, str]] = [
     (r"verl_stable/addition_mod10", "addition_mod10"),
     (r"verl_stable_cpu_device", "verl_cpu_device"),
     # the plugin's subclass adds max_unrouted_fraction; the series adds it to verl's class itself
-    (r"verl_stable\.routing\.fsdp_plugin\.RouterReplayConfig", "verl.workers.config.EngineRouterReplayConfig"),
+    # (matched before and after the module map has rewritten the package)
+    (
+        r"(?:verl_stable\.routing|verl\.utils\.routing_replay)\.fsdp_plugin\.RouterReplayConfig",
+        "verl.workers.config.EngineRouterReplayConfig",
+    ),
 ]
 
 
