@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
 
-from tests.hydra_configs import compose
+# The suite runs on CPU, and verl fixes its device when its modules are first imported: choose verl-stable's CPU
+# platform before any test module imports verl, whatever the collection order. Checks of the plugin without it
+# run in fresh interpreters (tests/helpers/processes.py removes the variable there).
+os.environ.setdefault("VERL_PLATFORM", "cpu")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from tests.hydra_configs import compose  # noqa: E402
 
 
 @pytest.fixture(scope="session")

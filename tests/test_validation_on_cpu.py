@@ -207,7 +207,7 @@ def test_launchers_refuse_before_ray_with_exit_2(run_dir, tmp_path, entry):
 
 
 def test_demo_refuses_bad_demo_settings_in_its_own_words(tmp_path):
-    for env, needle in (({"STEPS": "0"}, "STEPS must be >= 1"), ({"ROLLOUT_QUANT": "int4"}, "ROLLOUT_QUANT='int4'")):
+    for env, needle in (({"STEPS": "0"}, "STEPS must be >= 1"), ({"ROLLOUT_QUANT": "int5"}, "ROLLOUT_QUANT='int5'")):
         proc, _ = _launch([sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(tmp_path)], tmp_path, env)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
 
