@@ -196,6 +196,10 @@ class Finding:
     evidence: str
 
 
+#: A finding that "A beats B" read off _cmp(A, B).
+_VERDICT = {"better": "reproduced", "worse": "not reproduced", "tie": "inconclusive"}
+
+
 def _cmp(a: Summary, b: Summary, what: str = "score") -> tuple[str, str]:
     """('better'|'worse'|'tie', text) for a vs b on ``what``, with MARGIN."""
     x, y = getattr(a, what), getattr(b, what)
@@ -256,7 +260,7 @@ def findings(s: Mapping[str, Summary], cold_names: Sequence[str] = ()) -> list[F
     claim = "On-policy, length normalisation trains worse than MiniRL"
     if have("minirl", "minirl_length_norm"):
         r, t = _cmp(s["minirl"], s["minirl_length_norm"])
-        out.append(Finding(claim, {"better": "reproduced", "worse": "not reproduced", "tie": "inconclusive"}[r], t))
+        out.append(Finding(claim, _VERDICT[r], t))
     else:
         out.append(missing(claim, "minirl", "minirl_length_norm"))
 
@@ -292,21 +296,21 @@ def findings(s: Mapping[str, Summary], cold_names: Sequence[str] = ()) -> list[F
                 r, t = _cmp(s[f"n{n}_r2"], nc)
                 ev += f"; {t}"
                 if nc.collapsed is not True:
-                    status = "reproduced" if r == "better" else ("not reproduced" if r == "worse" else "inconclusive")
+                    status = _VERDICT[r]
             out.append(Finding(claim, status, ev))
         else:
             out.append(missing(claim, f"n{n}_no_clip"))
         claim = f"Off-policy N={n}: routing replay helps a run without clipping (R2 w/o clip beats w/o clip)"
         if have(f"n{n}_no_clip", f"n{n}_r2_no_clip"):
             r, t = _cmp(s[f"n{n}_r2_no_clip"], s[f"n{n}_no_clip"])
-            out.append(Finding(claim, {"better": "reproduced", "worse": "not reproduced", "tie": "inconclusive"}[r], t))
+            out.append(Finding(claim, _VERDICT[r], t))
         else:
             out.append(missing(claim, f"n{n}_no_clip", f"n{n}_r2_no_clip"))
     for n, winner, loser in ((2, "r2", "r3"), (4, "r3", "r2")):
         claim = f"Off-policy N={n}: MiniRL + {winner.upper()} beats MiniRL + {loser.upper()}"
         if have(f"n{n}_{winner}", f"n{n}_{loser}"):
             r, t = _cmp(s[f"n{n}_{winner}"], s[f"n{n}_{loser}"])
-            out.append(Finding(claim, {"better": "reproduced", "worse": "not reproduced", "tie": "inconclusive"}[r], t))
+            out.append(Finding(claim, _VERDICT[r], t))
         else:
             out.append(missing(claim, f"n{n}_{winner}", f"n{n}_{loser}"))
 
