@@ -38,9 +38,10 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["COMPACT_DTYPES", "VERL_VERSION", "align_routes", "install", "is_compact"]
+from verl_stable import VERL_VERSION
 
-VERL_VERSION = "0.9.1"
+__all__ = ["COMPACT_DTYPES", "align_routes", "install", "is_compact"]
+
 COMPACT_DTYPES = (torch.uint8, torch.uint16)
 _WRAPPED = "__verl_stable_compact_routes__"
 
