@@ -6,6 +6,7 @@
 #   bash scripts/lab_cpu.sh --quick                       # CI size (2 variants x 2 steps)
 #   bash scripts/lab_cpu.sh --full                        # the whole grid, longer runs
 #   bash scripts/lab_cpu.sh --variants minirl,n4_r2 --steps 12
+# scripts/main_job.sh runs this script.
 # Env: OUT (default runs/lab). One run of the demo instead: bash scripts/demo_cpu.sh.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -1,12 +1,10 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: set up .venv, check the plugin loads (driver + Ray worker), then run
-# `python -m verl_stable.main algorithm=minirl` end to end on CPU through verl's real trainer (tiny MoE,
-# hf_cpu rollout, FSDP2 engine over gloo). Extra arguments are Hydra overrides passed to the run, e.g.
-#   bash scripts/main_job.sh routing_replay=R3
-# Env: STEPS (default 3), ROLLOUT_QUANT=fp8, RUN_DIR (default runs/cpu_demo), VERBOSE=1 -- see scripts/demo_cpu.sh.
+# The main job on a fresh machine: set up .venv, check the plugin loads (driver + Ray worker), then run the
+# CPU lab's default grid -- MiniRL, MiniRL without the training-inference IS correction and MiniRL + R3, each
+# a run of `python -m verl_stable.main` through verl's real trainer on a small Qwen3-MoE -- and write the
+# report with its plots. Prints where the report is. Extra arguments go to `verl-stable lab`, e.g.
+#   bash scripts/main_job.sh --full                        # the whole grid, longer runs
+#   bash scripts/main_job.sh --variants minirl,n2_r2 --steps 24
+# Env: OUT (default runs/lab). One verl run instead of the lab: bash scripts/demo_cpu.sh.
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
-bash scripts/setup.sh
-.venv/bin/verl-stable doctor --quiet
-bash scripts/demo_cpu.sh "$@"
+exec bash "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lab_cpu.sh" "$@"

@@ -8,7 +8,6 @@ position (the quantity verl's ``rollout_corr/kl`` estimates from sampled tokens)
 
 from __future__ import annotations
 
-import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -26,21 +25,11 @@ def _setting(overrides: list[str]) -> dict:
     }
 
 
-@pytest.fixture(scope="module")
-def lab_model_dir(tmp_path_factory):
-    recipe = {"seed": 0, "sft_steps": 60, "batch": 32, "lr": 3e-3, "label_noise": 0.0}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setitem(lab_model.COLD_STARTS, "dial_test", recipe)
-        return lab_model.build_lab_model(
-            tmp_path_factory.mktemp("dial"), cold_start="dial_test"
-        )
-
-
-def test_each_dial_setting_raises_the_training_inference_kl(lab_model_dir):
+def test_each_dial_setting_raises_the_training_inference_kl(weak_lab_model_dir):
     torch.set_num_threads(1)
-    tokenizer = AutoTokenizer.from_pretrained(lab_model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(weak_lab_model_dir)
     trainer = AutoModelForCausalLM.from_pretrained(
-        lab_model_dir, dtype=torch.float32
+        weak_lab_model_dir, dtype=torch.float32
     ).eval()
     _, held_out = task.split_problems(
         seed=0, difficulty=2, n_train=task.N_TRAIN, n_eval=task.N_EVAL
@@ -54,7 +43,7 @@ def test_each_dial_setting_raises_the_training_inference_kl(lab_model_dir):
         )
         for a, b in held_out[:16]
     ]
-    sampler = HFInferenceEngine(lab_model_dir, dtype="float32", seed=0)
+    sampler = HFInferenceEngine(weak_lab_model_dir, dtype="float32", seed=0)
     replies = sampler.generate(
         [
             GenerationRequest(prompt_ids=p, max_tokens=4, ignore_eos=True)
@@ -75,7 +64,7 @@ def test_each_dial_setting_raises_the_training_inference_kl(lab_model_dir):
     pi = response_logp(trainer)
     kls = {}
     for name, overrides in lab_model.MISMATCH_SETTINGS.items():
-        engine = HFInferenceEngine(lab_model_dir, **_setting(overrides))
+        engine = HFInferenceEngine(weak_lab_model_dir, **_setting(overrides))
         mu = response_logp(engine.model)
         kls[name] = (mu.exp() * (mu - pi)).sum(-1).mean().item()
     values = list(kls.values())

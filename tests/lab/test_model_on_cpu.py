@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl_stable.lab import model as lab_model
 from verl_stable.lab import task
 
-QUICK = {"seed": 0, "sft_steps": 30, "batch": 32, "lr": 3e-3, "label_noise": 0.0}
+QUICK = {"seed": 0, "sft_steps": 30, "batch": 32, "lr": 3e-3, "label_smoothing": 0.0, "label_noise": 0.0, "stop_at_loss": None}
 
 
 @pytest.fixture
@@ -118,3 +118,42 @@ def test_every_cold_start_and_mismatch_setting_is_well_formed():
             len(quant) == 1
             and (None if quant[0] == "null" else quant[0]) in SUPPORTED_QUANTIZATION
         ), name
+
+
+def test_sft_stops_once_the_loss_reaches_the_recipe_target(tmp_path, monkeypatch):
+    lines = []
+    recipe = {**QUICK, "sft_steps": 400, "stop_at_loss": 2.0}
+    monkeypatch.setitem(lab_model.COLD_STARTS, "stops_early", recipe)
+    built = lab_model.build_lab_model(tmp_path, cold_start="stops_early", log=lines.append)
+    marker = json.loads((tmp_path / built.split("/")[-1] / lab_model.MARKER).read_text())
+    assert lab_model.STOP_WINDOW <= marker["sft_steps_run"] < 400  # an untrained model starts near ln(vocab) > 2
+    assert lines and lines[-1].startswith(f"{marker['sft_steps_run']} SFT steps, final loss")
+
+
+def test_label_smoothing_spreads_mass_over_answers_only():
+    from verl_stable.tasks.addition import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    alphabet = torch.tensor(tokenizer.convert_tokens_to_ids(list("0123456789")) + [tokenizer.eos_token_id])
+    vocab, smoothing = len(tokenizer), 0.2
+    labels = torch.tensor([[-100, alphabet[3].item(), alphabet[-1].item()]])  # answer "3", then the end token
+
+    def loss_of(logits_row: torch.Tensor) -> float:
+        logits = logits_row.expand(1, 3, vocab).clone()
+        return float(lab_model.smoothed_answer_loss(logits, labels[:, [0, 0, 1]].clone(), alphabet, smoothing))
+
+    # The optimum for target "3": 1 - smoothing on it plus an equal share of smoothing on every answer token,
+    # nothing elsewhere. Moving mass to a non-answer token (a chat-template token) only costs.
+    target = torch.full((vocab,), 1e-9)
+    target[alphabet] = smoothing / len(alphabet)
+    target[alphabet[3]] += 1 - smoothing
+    best = loss_of(target.log())
+    leaked = target.clone()
+    outside = next(i for i in range(vocab) if i not in set(alphabet.tolist()))
+    leaked[outside] += 0.05
+    leaked[alphabet[3]] -= 0.05
+    assert loss_of(leaked.log()) > best
+    sharper = target.clone()
+    sharper[alphabet] *= 0.5
+    sharper[alphabet[3]] = 1 - sharper[alphabet].sum() + sharper[alphabet[3]]
+    assert loss_of(sharper.log()) > best  # a fully confident model is not the optimum: the teacher is unsure

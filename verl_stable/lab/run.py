@@ -1,7 +1,7 @@
 """The CPU lab: the paper's grid run through verl's own trainer, then plots and a report.
 
     verl-stable lab                      # default grid (a subset), <= 10 min on 2 cores
-    verl-stable lab --quick              # CI size: 2 variants x 2 steps, plots + report
+    verl-stable lab --quick              # CI size: one variant (n2_r2) x 2 steps, plots + report
     verl-stable lab --full               # the whole grid, longer runs
     verl-stable lab --variants minirl,n4_r2 --steps 12 --out runs/lab
     python -m verl_stable.lab ...        # the same
@@ -42,13 +42,15 @@ class Args:
     variants: list[str] = field(default_factory=lambda: list(vt.DEFAULT_VARIANTS))
     size: vt.GridSize = vt.DEFAULT
     seed: int = 0
-    lr: float = 5e-3
+    lr: float = 1e-3
     response_length: int = 4
     #: rollout-mismatch dial setting (LabSetup.mismatch); None: the setup's default (fp8: the paper's stress test)
     mismatch: str | None = None
     #: "v1-fast": verl's v1 trainer with the lab's replay-buffer poll interval; "v1": verl's defaults
     #: (2 s poll per step); "legacy": verl's legacy loop (trainer.use_v1=False)
     trainer: str = "v1-fast"
+    #: the cold start of the variants that do not name their own (None: the setup's "default")
+    cold_start: str | None = None
     #: the "v1-fast" path's replay-buffer poll interval (None: verl_stable.lab.sampler.DEFAULT_POLL_INTERVAL_S)
     poll_interval_s: float | None = None
     extra: list[str] = field(default_factory=list)
@@ -220,19 +222,25 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
 
     print(
         f"[lab] {len(chosen)} variants x {size.steps} steps, {size.prompts_per_step} prompts x {size.group_size} "
-        f"per step, task {setup.name}, rollout mismatch {args.mismatch or setup.default_mismatch}, "
+        f"per step, task {setup.name}, cold start {args.cold_start or 'default'}, "
+        f"rollout mismatch {args.mismatch or setup.default_mismatch}, lr {args.lr:g}, "
         f"trainer {args.trainer}, seed {args.seed}"
     )
     print(f"[lab] output {out}: report.md, plots/, runs/<variant>/ (metrics.jsonl, train.log)")
     t0 = time.monotonic()
     train, val = setup.build_data(out / "data", seed=args.seed)
+    base_cold = args.cold_start or "default"
+
+    def cold_of(v: vt.Variant) -> str:
+        return base_cold if v.cold_start == "default" else v.cold_start
+
     models = {}
-    for cold in dict.fromkeys(v.cold_start for v in chosen):
+    for cold in dict.fromkeys(cold_of(v) for v in chosen):
         models[cold] = setup.build_model(out / "models" / cold, cold_start=cold)
     named = {}
     for v in chosen:
         run_dir = out / "runs" / v.name
-        base = base_overrides(args, setup, run_dir=run_dir, model_dir=models[v.cold_start], train=train, val=val)
+        base = base_overrides(args, setup, run_dir=run_dir, model_dir=models[cold_of(v)], train=train, val=val)
         named[v.name] = variant_overrides(v, args, base)
     problems = validate_all(named)
     if problems:
@@ -262,6 +270,7 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
             "eval_k": setup.eval_k,
             "mismatch": args.mismatch or setup.default_mismatch,
             **setup.notes,
+            **({"model": setup.describe_model(base_cold)} if setup.describe_model else {}),
         },
         "wall_s": time.monotonic() - t0,
         "runs": {
@@ -314,7 +323,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--prompts", type=int, help="prompts per step (a multiple of 4 for the N=4 variants)")
     parser.add_argument("--out", default="runs/lab", help="output directory (default runs/lab)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=5e-3)
+    parser.add_argument("--lr", type=float, default=Args.lr, help=f"actor learning rate (default {Args.lr})")
     parser.add_argument("--mismatch", help="rollout mismatch dial setting (default: the task's, fp8)")
     parser.add_argument(
         "--trainer",
@@ -322,6 +331,10 @@ def parse_args(argv: list[str] | None = None) -> Args:
         default="v1-fast",
         help="v1-fast (default): verl's v1 trainer, replay-buffer poll interval 0.02 s; v1: verl's "
         "defaults; legacy: trainer.use_v1=False",
+    )
+    parser.add_argument(
+        "--cold-start",
+        help="model of the variants without their own cold start (default: 'default'; --quick: the CI one)",
     )
     parser.add_argument("--verbose", action="store_true", help="stream verl's full output too")
     ns, extra = parser.parse_known_args(argv)
@@ -358,6 +371,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         lr=ns.lr,
         mismatch=ns.mismatch,
         trainer=ns.trainer,
+        cold_start=ns.cold_start or (default_setup().ci_cold_start if ns.quick else None),
         extra=extra,
         verbose=ns.verbose,
         full=ns.full,

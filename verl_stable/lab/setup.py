@@ -52,9 +52,13 @@ class LabSetup:
     eval_k: int = 4
     default_mismatch: str = "fp8"
     notes: dict = field(default_factory=dict)
+    #: the cold start ``--quick`` (CI) trains from: not one of the grid's ``cold_starts``
+    ci_cold_start: str | None = None
+    #: one line per cold start for the report's header
+    describe_model: Callable[[str], str] | None = None
 
     def build_model(self, out_dir: str | Path, cold_start: str = "default") -> str:
-        if cold_start not in self.cold_starts:
+        if cold_start not in self.cold_starts and cold_start != self.ci_cold_start:
             raise ValueError(
                 f"cold start {cold_start!r} unknown to the {self.name} setup (known: {sorted(self.cold_starts)})"
             )
@@ -112,7 +116,10 @@ def lab_modules_setup(task, model) -> LabSetup:
         return task.build_datasets(out_dir, **kwargs)
 
     def build_model(out_dir: Path, *, cold_start: str = "default"):
-        return model.build_lab_model(out_dir, cold_start=cold_start)
+        def log(line: str) -> None:
+            print(f"[lab] cold start {cold_start}: {line}", flush=True)
+
+        return model.build_lab_model(out_dir, cold_start=cold_start, log=log)
 
     settings = dict(model.MISMATCH_SETTINGS)
     return LabSetup(
@@ -121,10 +128,16 @@ def lab_modules_setup(task, model) -> LabSetup:
         data_builder=build_data,
         reward_path=str(reward_path),
         reward_name=str(reward_name),
-        cold_starts=dict(model.COLD_STARTS),
+        cold_starts={c: model.COLD_STARTS[c] for c in getattr(model, "GRID_COLD_STARTS", model.COLD_STARTS)},
+        ci_cold_start=getattr(model, "CI_COLD_START", None),
+        describe_model=getattr(model, "describe", None),
         mismatch=settings,
         eval_k=int(getattr(task, "EVAL_K", 4)),
         default_mismatch=getattr(model, "DEFAULT_MISMATCH", "fp8" if "fp8" in settings else next(iter(settings))),
+        notes={
+            "task": task.describe(difficulty) if difficulty is not None else task.describe(),
+            "model": model.describe("default"),
+        },
     )
 
 

@@ -169,3 +169,12 @@ def compute_score(
             f"compute_score got data_source={data_source!r}; it only scores {DATA_SOURCE!r}"
         )
     return 1.0 if solution_str.strip() == str(ground_truth) else 0.0
+
+
+def describe(difficulty: int = DEFAULT_DIFFICULTY) -> str:
+    """One line for the report's header."""
+    d = check_difficulty(difficulty)
+    return (
+        f"{d}-digit + {d}-digit addition, the full sum as the answer; {N_TRAIN} training problems, "
+        f"{default_n_eval(d)} held-out ones never trained on"
+    )
