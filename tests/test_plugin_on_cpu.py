@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -73,6 +74,17 @@ def test_doctor_passes_and_fails_loudly(tmp_path):
     )
     assert broken.returncode != 0
     assert "simulated broken install" in broken.stdout
+
+
+def test_doctor_checks_in_its_own_ray_instance_even_where_a_cluster_is_named():
+    # `ray start` on the machine (or RAY_ADDRESS in the environment) made a plain ray.init() join that cluster and
+    # refuse doctor's num_cpus with a traceback; without --address, doctor starts an instance of its own.
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "verl_stable.cli", "doctor"], capture_output=True, text=True, timeout=600, env=env
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Ray worker" in run.stdout and "all checks passed" in run.stdout
 
 
 def test_doctor_hint_names_verls_plugin_switch():

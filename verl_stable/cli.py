@@ -121,7 +121,9 @@ def _check_ray_worker(expected: set[str]) -> int:
 
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        # address="local": a fresh instance of our own, even where `ray start` left a cluster running here or
+        # RAY_ADDRESS names one (ray.init() would join it and refuse num_cpus); --address checks a running one.
+        ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
 
         @ray.remote(num_cpus=0)
