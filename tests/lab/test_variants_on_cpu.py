@@ -13,7 +13,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from verl_stable.lab import run, sampler, variants
-from verl_stable.lab.setup import addition_setup
+from verl_stable.lab.setup import addition_setup, default_setup
 from verl_stable.validation import compose_trainer_config, validate_trainer_config
 
 PROMPTS = 8
@@ -161,3 +161,15 @@ def test_sampler_interval_is_checked():
     for bad in (0, -1, "x", float("nan")):
         with pytest.raises(ValueError, match="sampler_kwargs.poll_interval"):
             sampler.poll_interval_from({"poll_interval": bad})
+
+
+def test_an_unknown_cold_start_is_refused_before_any_work(tmp_path, capsys):
+    from verl_stable.lab import run
+
+    out = tmp_path / "lab"
+    assert run.main(["--cold-start", "nope", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "cold start 'nope' unknown" in err and "lab --cold-start" in err and "ci" in err
+    assert not (out / "data").exists() and not (out / "models").exists()  # refused before data and models
+    args = run.parse_args(["--quick"])
+    assert args.cold_start == default_setup().ci_cold_start  # --quick trains from the CI cold start

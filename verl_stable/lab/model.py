@@ -140,7 +140,7 @@ def build_lab_model(
         return str(model_dir)
     model, tokenizer, losses = build_model(spec, log=log)
     if log is not None:
-        log(f"{len(losses)} SFT steps, final loss {sum(losses[-STOP_WINDOW:]) / len(losses[-STOP_WINDOW:]):.3f}")
+        log(f"{len(losses)} SFT steps, final loss {_recent_loss(losses):.3f}")
     model_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(model_dir)
     tokenizer.save_pretrained(model_dir)
@@ -228,6 +228,12 @@ class _FreshProblems:
                 return a, b
 
 
+def _recent_loss(losses: list[float]) -> float:
+    """Mean of the last :data:`STOP_WINDOW` SFT losses: what the stopping rule and the progress lines read."""
+    window = losses[-STOP_WINDOW:]
+    return sum(window) / len(window)
+
+
 def smoothed_answer_loss(logits, labels, alphabet, smoothing: float):
     """Next-token cross-entropy on the answer positions, against a target that keeps ``1 - smoothing`` on the
     right token and spreads ``smoothing`` over the answer alphabet (digits and the end token) only: an
@@ -277,7 +283,7 @@ def cold_start_sft(model, tokenizer, spec: dict, log=None) -> list[float]:
         loss.backward()
         optim.step()
         losses.append(loss.item())
-        recent = sum(losses[-STOP_WINDOW:]) / len(losses[-STOP_WINDOW:])
+        recent = _recent_loss(losses)
         if log is not None and step % 250 == 0:
             log(f"step {step}/{spec['sft_steps']}  loss {recent:.3f}" + (f" (stops at {stop_at})" if stop_at else ""))
         if stop_at is not None and len(losses) >= STOP_WINDOW and recent <= stop_at:

@@ -173,6 +173,7 @@ def summarize(variant: Variant, rows: Sequence[dict]) -> Summary:
     heldout = series(rows, ("<val>",))
     entropy = series(rows, ("actor/entropy",))
     agreement = series(rows, ("actor/routing/agreement_mean",))
+    kl = series(rows, ("rollout_corr/k3_kl",))
     return Summary(
         name=variant.name,
         label=variant.label,
@@ -182,8 +183,8 @@ def summarize(variant: Variant, rows: Sequence[dict]) -> Summary:
         reward_last=tail_mean(reward),
         heldout_first=heldout[0][1] if heldout else float("nan"),
         heldout_last=heldout[-1][1] if heldout else float("nan"),
-        train_infer_kl=_mean(v for _, v in series(rows, ("rollout_corr/k3_kl",))),
-        train_infer_kl_step1=next((v for step, v in series(rows, ("rollout_corr/k3_kl",)) if step == 1), float("nan")),
+        train_infer_kl=_mean(v for _, v in kl),
+        train_infer_kl_step1=next((v for step, v in kl if step == 1), float("nan")),
         staleness_kl=_mean(v for _, v in series(rows, ("actor/staleness_kl_k3",))),
         clipfrac=_mean(v for _, v in series(rows, ("actor/pg_clipfrac",))),
         entropy_first=entropy[0][1] if entropy else float("nan"),

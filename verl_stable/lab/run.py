@@ -44,7 +44,7 @@ class Args:
     seed: int = 0
     lr: float = 1e-3
     response_length: int = 4
-    #: rollout-mismatch dial setting (LabSetup.mismatch); None: the setup's default (fp8: the paper's stress test)
+    #: rollout-mismatch dial setting (LabSetup.mismatch); None: the setup's default (the lab's: int4)
     mismatch: str | None = None
     #: "v1-fast": verl's v1 trainer with the lab's replay-buffer poll interval; "v1": verl's defaults
     #: (2 s poll per step); "legacy": verl's legacy loop (trainer.use_v1=False)
@@ -227,12 +227,13 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
         f"trainer {args.trainer}, seed {args.seed}"
     )
     print(f"[lab] output {out}: report.md, plots/, runs/<variant>/ (metrics.jsonl, train.log)")
-    t0 = time.monotonic()
-    train, val = setup.build_data(out / "data", seed=args.seed)
-    base_cold = args.cold_start or "default"
+    base_cold = setup.check_cold_start(args.cold_start or "default")
 
     def cold_of(v: vt.Variant) -> str:
         return base_cold if v.cold_start == "default" else v.cold_start
+
+    t0 = time.monotonic()
+    train, val = setup.build_data(out / "data", seed=args.seed)
 
     models = {}
     for cold in dict.fromkeys(cold_of(v) for v in chosen):
@@ -324,7 +325,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--out", default="runs/lab", help="output directory (default runs/lab)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--lr", type=float, default=Args.lr, help=f"actor learning rate (default {Args.lr})")
-    parser.add_argument("--mismatch", help="rollout mismatch dial setting (default: the task's, fp8)")
+    parser.add_argument("--mismatch", help="rollout mismatch dial setting (default: the setup's, int4 for the lab)")
     parser.add_argument(
         "--trainer",
         choices=TRAINER_PATHS,

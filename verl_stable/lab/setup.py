@@ -57,12 +57,17 @@ class LabSetup:
     #: one line per cold start for the report's header
     describe_model: Callable[[str], str] | None = None
 
-    def build_model(self, out_dir: str | Path, cold_start: str = "default") -> str:
-        if cold_start not in self.cold_starts and cold_start != self.ci_cold_start:
+    def check_cold_start(self, cold_start: str) -> str:
+        known = [*self.cold_starts, *([self.ci_cold_start] if self.ci_cold_start else [])]
+        if cold_start not in known:
             raise ValueError(
-                f"cold start {cold_start!r} unknown to the {self.name} setup (known: {sorted(self.cold_starts)})"
+                f"cold start {cold_start!r} unknown to the {self.name} setup (lab --cold-start); known: "
+                f"{', '.join(known)}"
             )
-        return self.model_builder(Path(out_dir), cold_start=cold_start)
+        return cold_start
+
+    def build_model(self, out_dir: str | Path, cold_start: str = "default") -> str:
+        return self.model_builder(Path(out_dir), cold_start=self.check_cold_start(cold_start))
 
     def build_data(self, out_dir: str | Path, *, seed: int = 0) -> tuple[str, str]:
         return self.data_builder(Path(out_dir), seed=seed)
@@ -134,10 +139,7 @@ def lab_modules_setup(task, model) -> LabSetup:
         mismatch=settings,
         eval_k=int(getattr(task, "EVAL_K", 4)),
         default_mismatch=getattr(model, "DEFAULT_MISMATCH", "fp8" if "fp8" in settings else next(iter(settings))),
-        notes={
-            "task": task.describe(difficulty) if difficulty is not None else task.describe(),
-            "model": model.describe("default"),
-        },
+        notes={"task": task.describe(difficulty) if difficulty is not None else task.describe()},
     )
 
 
