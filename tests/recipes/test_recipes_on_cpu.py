@@ -42,23 +42,34 @@ def test_the_grid_has_every_paper_cell_on_both_backends():
     assert {"smoke@fsdp", "smoke@megatron", "cpu_tiny_moe"} <= names
 
 
+COLD_START_MODEL = f"actor_rollout_ref.model.path={recipes.MODELS_DIR / 'qwen3_next_cold_start'}"
+
+
+def _extra(recipe, data):
+    return [*data, COLD_START_MODEL] if recipe.name.startswith("cold_start") else data
+
+
 @pytest.mark.parametrize("recipe", [r for r in ALL if r.name != "cpu_tiny_moe"], ids=lambda r: r.name)
 def test_recipe_composes_converts_and_validates_at_its_world_size(recipe, data):
     from verl.utils.config import omega_conf_to_dataclass
 
-    config = recipes.compose(recipe, data)
+    config = recipes.compose(recipe, _extra(recipe, data))
     validate_trainer_config(config)  # verl-stable's checks, then verl's validate_config with n_gpus x nnodes
     actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
     rollout = omega_conf_to_dataclass(config.actor_rollout_ref.rollout)
-    assert rollout.n == 16 if recipe.config_name == recipes.GRID_RECIPE else rollout.n == 8
+    assert rollout.n == (8 if recipe.config_name == "smoke" else 16)
     cell = recipes.grid_cells().get(recipe.name.split("@")[0])
     if cell is None:
         return
     n = int(cell["offpolicy"][1:])
-    # the paper's sizes: global batch 1,024 x N responses, mini-batch 1,024, 32K responses, 64 GPUs
+    # the paper's sizes: global batch 1,024 x N responses, mini-batch 1,024, 64 GPUs; responses 30,720 so that
+    # prompt + response fit the model's 32,768 positions (the paper's 32,768 would need YaRN on trainer and rollout)
     assert config.data.train_batch_size * config.actor_rollout_ref.rollout.n == 1024 * n
     assert config.actor_rollout_ref.actor.ppo_mini_batch_size * config.actor_rollout_ref.rollout.n == 1024
-    assert config.data.max_response_length == 32768 and recipes.world_size(config) == 64
+    assert config.data.max_response_length == 30720 and recipes.world_size(config) == 64
+    assert config.actor_rollout_ref.rollout.quantization == "fp8"  # the paper's FP8 rollout is the grid's default
+    # equal gradient steps (512) for every N
+    assert config.trainer.total_training_steps * n == 512
     assert config.actor_rollout_ref.actor.policy_loss.loss_mode == cell["algorithm"]
     assert actor.engine.router_replay.mode == (cell["routing_replay"] or "disabled")
     assert config.actor_rollout_ref.rollout.enable_rollout_routing_replay is (cell["routing_replay"] == "R3")
@@ -70,6 +81,9 @@ def test_variants_sglang_and_fp8_compose_and_validate(data):
     config = recipes.compose(recipe, [*data, "rollout_engine=sglang", "rollout_precision=fp8"])
     validate_trainer_config(config)
     assert config.actor_rollout_ref.rollout.name == "sglang" and config.actor_rollout_ref.rollout.quantization == "fp8"
+    bf16 = recipes.compose(recipe, [*data, "rollout_precision=bf16"])
+    validate_trainer_config(bf16)
+    assert bf16.actor_rollout_ref.rollout.quantization is None
 
 
 def test_cpu_recipe_is_the_main_jobs_settings(tmp_path, monkeypatch):
@@ -119,7 +133,7 @@ def test_a_typo_in_a_recipe_is_found(tmp_path, schemas):
 def test_dry_run_prints_the_memory_a_recipe_implies(data, capsys):
     assert recipes.main(["dry-run", "minirl_r3_n8", "--backend", "fsdp", *data]) == 0
     out = capsys.readouterr().out
-    tokens = 512 * 16 * (2048 + 32768)  # N=8: 8,192 responses of at most 34,816 tokens
+    tokens = 512 * 16 * (2048 + 30720)  # N=8: 8,192 responses of at most 32,768 tokens
     assert f"worst-case tokens per step (prompt + response): {tokens:,}" in out
     assert f"384 B/token -> {tokens * 384 / 1e9:.1f} GB" in out  # SPEC §6: uint8 routes, 48 layers x top-8
     assert "config valid" in out and "world size 64" in out

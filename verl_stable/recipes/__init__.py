@@ -19,7 +19,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+from verl_stable.recipes.checks import check_model_context, check_model_routes, recipe_issues
+from verl_stable.recipes.models import HUB_MODELS, MODELS_DIR, ModelShape, model_shape
+from verl_stable.recipes.plan import Plan, memory_plan
+
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 GRID_RECIPE = "qwen3_30b_a3b"
 BACKENDS = ("fsdp", "megatron")
 
@@ -67,6 +71,7 @@ def all_recipes(recipes_dir: Path = RECIPES_DIR) -> list[Recipe]:
             out.append(Recipe(f"{cell}@{backend}", grid_dir, GRID_RECIPE, choices, "8x8 GPU 80GB"))
     for backend in BACKENDS:
         out.append(Recipe(f"smoke@{backend}", recipes_dir / "smoke", "smoke", (f"backend={backend}",), "1x8 GPU 80GB"))
+    out.append(Recipe("cold_start@fsdp", recipes_dir / "cold_start", "cold_start", (), "4x8 GPU 80GB"))
     out.append(Recipe("cpu_tiny_moe", recipes_dir / "cpu", "tiny_moe", (), "1x CPU"))
     return out
 
@@ -93,7 +98,7 @@ def compose(recipe: Recipe, overrides: list[str] = ()) -> DictConfig:
 # ------------------------------------------------------------------------------------------ memory estimate
 @dataclass(frozen=True)
 class MemoryEstimate:
-    """What one step of a recipe holds, from its config and the model's shape (SPEC §6)."""
+    """What one step of a recipe holds, from its config and the model's shape (read from its config.json)."""
 
     responses_per_step: int
     max_tokens_per_step: int
@@ -116,36 +121,19 @@ class MemoryEstimate:
         ]
 
 
-# Qwen3-30B-A3B (its config.json): 48 layers, 128 experts top-8, 4 KV heads x 128 dims, 30.5B parameters.
-QWEN3_30B_A3B = dict(layers=48, experts=128, top_k=8, kv_heads=4, head_dim=128, params_b=30.5)
-
-
-def memory_estimate(config: DictConfig, shape: dict = QWEN3_30B_A3B, gpu_gb: float = 80.0) -> MemoryEstimate:
-    from verl_stable.routing.routes import compact_dtype
-
-    n = int(config.actor_rollout_ref.rollout.n)
-    responses = int(config.data.train_batch_size) * n
+def memory_estimate(config: DictConfig, shape: ModelShape | None = None, gpu_gb: float = 80.0) -> MemoryEstimate:
+    """The step's totals (tokens, routes, KV) from the recipe and its model file; the per-GPU plan is
+    :func:`memory_plan`."""
+    shape = shape or model_shape(config)
+    plan = memory_plan(config, shape, gpu_gb)
+    host, rollout = plan.host, plan.rollout
     seq = int(config.data.max_prompt_length) + int(config.data.max_response_length)
-    tokens = responses * seq
-    returns_routes = bool(OmegaConf.select(config, "actor_rollout_ref.rollout.enable_rollout_routing_replay"))
-    from verl_stable.validation import replay_mode
-
-    replays = replay_mode(config) != "disabled" or returns_routes
-    import torch
-
-    itemsize = torch.empty((), dtype=compact_dtype(shape["experts"])).element_size()
-    route_bytes = shape["layers"] * shape["top_k"] * itemsize if replays else 0
-    # K and V per layer in a bf16 cache (FP8 rollout quantises the weights; the KV cache stays bf16 by default)
-    kv_bytes = 2 * shape["layers"] * shape["kv_heads"] * shape["head_dim"] * 2
-    tp = int(OmegaConf.select(config, "actor_rollout_ref.rollout.tensor_model_parallel_size") or 1)
-    util = float(OmegaConf.select(config, "actor_rollout_ref.rollout.gpu_memory_utilization") or 0.5)
-    weights_gb = shape["params_b"] * 2  # bf16 weights, whole model per engine (TP x EP shard it across its GPUs)
-    budget = max(0.0, tp * gpu_gb * util - weights_gb)
-    per_seq_gb = seq * kv_bytes / 1e9
+    kv_engine = rollout["kv_tokens_per_engine"] * rollout["kv_bytes_per_token_per_gpu"] * rollout["tp"] / 1e9
     return MemoryEstimate(
-        responses_per_step=responses, max_tokens_per_step=tokens, route_bytes_per_token=route_bytes,
-        routes_in_batch_gb=tokens * route_bytes / 1e9, kv_bytes_per_token=kv_bytes, kv_per_sequence_gb=per_seq_gb,
-        rollout_kv_budget_gb=budget, concurrent_full_sequences_per_engine=math.floor(budget / per_seq_gb),
+        responses_per_step=host["responses_per_step"], max_tokens_per_step=host["max_tokens_per_step"],
+        route_bytes_per_token=host["route_bytes_per_token"], routes_in_batch_gb=host["routes_in_batch_gb"],
+        kv_bytes_per_token=shape.kv_bytes_per_token, kv_per_sequence_gb=seq * shape.kv_bytes_per_token / 1e9,
+        rollout_kv_budget_gb=kv_engine, concurrent_full_sequences_per_engine=rollout["full_sequences_per_engine"],
     )
 
 
@@ -192,8 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="every recipe with its launch line")
     for name in ("overrides", "dry-run"):
         p = sub.add_parser(name)
-        p.add_argument("recipe", help="a grid cell (e.g. minirl_r3_n4), smoke, or cpu_tiny_moe")
+        p.add_argument("recipe", help="a grid cell (e.g. minirl_r3_n4), smoke, cold_start, or cpu_tiny_moe")
         p.add_argument("--backend", choices=BACKENDS, default="fsdp")
+        if name == "dry-run":
+            p.add_argument("--gpu-gb", type=float, default=80.0, help="GPU memory to plan for (default 80)")
+            p.add_argument("--json", action="store_true", help="print the memory plan as one JSON object")
     args, extra = parser.parse_known_args(argv)
     if args.command == "list":
         for recipe in all_recipes():
@@ -204,19 +195,41 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "overrides":
         print("\n".join([f"--config-path={recipe.config_dir}", f"--config-name={recipe.config_name}", *recipe.choices]))
         return 0
+    return dry_run(recipe, extra, args.gpu_gb, args.json)
+
+
+def dry_run(recipe: Recipe, extra: list[str], gpu_gb: float = 80.0, as_json: bool = False) -> int:
+    """Compose, check against the model file, plan the memory, validate; non-zero when anything is refused."""
+    import json
+
     from verl_stable import validation
 
     config = compose(recipe, extra)
-    print(f"[dry-run] {recipe.name}: {recipe.launch_line(' '.join(extra))}")
-    print(f"[dry-run] world size {world_size(config)} ({config.trainer.nnodes} nodes x {config.trainer.n_gpus_per_node})")
-    for line in memory_estimate(config).lines():
-        print(f"[dry-run] {line}")
+    say = (lambda line: print(line, file=sys.stderr)) if as_json else (lambda line: print(f"[dry-run] {line}"))
+    say(f"{recipe.name}: {recipe.launch_line(' '.join(extra))}")
+    say(f"world size {world_size(config)} ({config.trainer.nnodes} nodes x {config.trainer.n_gpus_per_node})")
+    issues = recipe_issues(config)
+    plan = None
+    if not any(i.key == "actor_rollout_ref.model.path" for i in issues):
+        plan = memory_plan(config, model_shape(config), gpu_gb, recipe.name)
+        if as_json:
+            print(json.dumps(plan.as_dict()))
+        else:
+            for line in memory_estimate(config, plan.shape, gpu_gb).lines():
+                say(line)
+            for line in plan.lines():
+                say(line)
     try:
         validation.validate_trainer_config(config)
     except validation.ConfigError as error:
-        validation.report(error)
+        issues.extend(error.issues)
+    if issues:
+        validation.report(validation.ConfigError(issues))
         return validation.EXIT_CONFIG_ERROR
-    print("[dry-run] config valid (verl-stable's checks + verl's validate_config)")
+    if plan is not None and not plan.fits:
+        say(f"refused: does not fit a {gpu_gb:g} GB GPU by the memory plan (--gpu-gb to plan for another size)")
+        return 3
+    say("config valid (the model-file checks, verl-stable's checks + verl's validate_config)")
     return 0
 
 
