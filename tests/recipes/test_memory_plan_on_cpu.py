@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from verl_stable import recipes
-from verl_stable.recipes.checks import check_model_context, check_model_routes
+from verl_stable.recipes.checks import check_model_context, check_model_routes, check_sequence_parallel
 from verl_stable.recipes.models import shape_from_dict
 from verl_stable.recipes.plan import GB, layer_activation_bytes
 
-GRID = [r for r in recipes.all_recipes() if r.config_name == recipes.GRID_RECIPE]
+GRID = [r for r in recipes.all_recipes() if r.config_name in (recipes.GRID_RECIPE, "smoke")]
 COLD = f"actor_rollout_ref.model.path={recipes.MODELS_DIR / 'qwen3_next_cold_start'}"
 
 
@@ -28,7 +28,7 @@ def data(tmp_path_factory):
     return [f"data.train_files={root / 'train.parquet'}", f"data.val_files={root / 'val.parquet'}"]
 
 
-@pytest.mark.parametrize("name", ["qwen3_30b_a3b_base", "qwen3_next_cold_start"])
+@pytest.mark.parametrize("name", ["qwen3_30b_a3b_base", "qwen3_next_cold_start", "qwen1.5_moe_a2.7b"])
 def test_shipped_config_is_the_shape_transformers_builds(name):
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -49,8 +49,10 @@ def test_qwen3_30b_a3b_base_has_the_published_shape():
 
 @pytest.mark.parametrize("recipe", GRID, ids=lambda r: r.name)
 def test_every_grid_cell_passes_the_context_check_and_fits_80gb(recipe, data):
+    """Every grid cell (and the single-node smoke) on both backends, against the shipped model config."""
     config = recipes.compose(recipe, data)
     assert list(check_model_context(config)) == [] and list(check_model_routes(config)) == []
+    assert list(check_sequence_parallel(config)) == []
     plan = recipes.memory_plan(config, recipes.model_shape(config), 80.0, recipe.name)
     assert plan.fits, plan.lines()
     assert plan.rollout["full_sequences_per_engine"] >= 1
@@ -143,3 +145,11 @@ def test_cold_start_model_on_megatron_is_refused(data):
 def test_missing_model_path_is_refused_naming_the_key(data):
     config = recipes.compose(recipes.find("cold_start@fsdp"), data)
     assert [i.key for i in check_model_context(config)] == ["actor_rollout_ref.model.path"]
+
+
+def test_ulysses_on_qwen3_next_is_refused_naming_the_key(data):
+    config = recipes.compose(recipes.find("cold_start@fsdp"), [*data, COLD,
+                                                               "actor_rollout_ref.actor.ulysses_sequence_parallel_size=4"])
+    issues = list(check_sequence_parallel(config))
+    assert issues and issues[0].key == "actor_rollout_ref.actor.ulysses_sequence_parallel_size"
+    assert "Qwen3NextGatedDeltaNet" in issues[0].problem

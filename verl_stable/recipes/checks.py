@@ -85,7 +85,30 @@ def check_model_routes(config) -> Iterator[ConfigIssue]:
         yield ConfigIssue("routing_replay", mode, f"{shape.experts} experts do not fit the uint16 route index")
 
 
-CHECKS = (check_model_context, check_model_routes)
+#: Model types whose linear-attention (Gated DeltaNet) layers verl 0.9.1 does not patch for Ulysses: verl slices
+#: each sequence over the SP ranks before the model and re-gathers it only inside attention (and inside Qwen3.5's
+#: GatedDeltaNet, ``verl.models.transformers.qwen3_5``), so these recurrences would restart on every shard.
+ULYSSES_UNSAFE = {"qwen3_next": "Qwen3NextGatedDeltaNet"}
+SP_KEYS = ("actor_rollout_ref.actor.ulysses_sequence_parallel_size",
+           "actor_rollout_ref.actor.fsdp_config.ulysses_sequence_parallel_size",
+           "actor_rollout_ref.ref.ulysses_sequence_parallel_size")
+
+
+def check_sequence_parallel(config) -> Iterator[ConfigIssue]:
+    """Ulysses SP > 1 only for models whose every sequence-mixing layer verl re-gathers."""
+    shape, issue = _shape_or_issue(config)
+    if issue or shape is None or shape.model_type not in ULYSSES_UNSAFE:
+        return
+    for key in SP_KEYS:
+        sp = _sel(config, key)
+        if sp is not None and int(sp) > 1:
+            yield ConfigIssue(key, sp, f"{shape.source} ({shape.model_type}) has {ULYSSES_UNSAFE[shape.model_type]} "
+                              "layers that verl 0.9.1 does not patch for Ulysses: each rank would run the recurrence "
+                              "over its 1/SP slice of the sequence only; fit the sequence per rank instead "
+                              "(actor_rollout_ref.model.use_fused_kernels=true keeps the logits chunked)", "1")
+
+
+CHECKS = (check_model_context, check_model_routes, check_sequence_parallel)
 
 
 def recipe_issues(config) -> list[ConfigIssue]:

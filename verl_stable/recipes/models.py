@@ -14,7 +14,7 @@ MODEL_PATH_KEY = "actor_rollout_ref.model.path"
 OVERRIDE_KEY = "actor_rollout_ref.model.override_config"
 
 #: Hub ids whose config.json ships with the recipes (the published file, see recipes/models/README.md).
-HUB_MODELS = {"Qwen/Qwen3-30B-A3B-Base": "qwen3_30b_a3b_base"}
+HUB_MODELS = {"Qwen/Qwen3-30B-A3B-Base": "qwen3_30b_a3b_base", "Qwen/Qwen1.5-MoE-A2.7B": "qwen1.5_moe_a2.7b"}
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,10 @@ class ModelShape:
             conv = (2 * key + value) * la["conv_kernel"]
             return in_qkvz + in_ba + conv + 2 * la["num_v_heads"] + la["v_dim"] + value * h
         gate = 2 if self.model_type == "qwen3_next" else 1  # Qwen3-Next's q_proj also emits the output gate
-        return h * self.heads * d * gate + 2 * h * self.kv_heads * d + self.heads * d * h + 2 * d
+        weights = h * self.heads * d * gate + 2 * h * self.kv_heads * d + self.heads * d * h
+        if self.model_type.startswith("qwen2"):  # Qwen2 family: biases on q/k/v, no q/k norms
+            return weights + self.heads * d + 2 * self.kv_heads * d
+        return weights + 2 * d  # Qwen3 families: q_norm, k_norm
 
     @property
     def expert_params_per_layer(self) -> int:

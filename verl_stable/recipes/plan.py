@@ -167,8 +167,15 @@ def activations(s: ModelShape, tokens: float, recompute: bool) -> float:
     return s.layers * tokens * mean_layer_activation_bytes(s)
 
 
-def logits_bytes(s: ModelShape, tokens: float, tp: int, backward: bool) -> float:
+#: verl's fused linear + log-prob/entropy (use_fused_kernels, verl.utils.experimental.torch_functional
+#: FusedLinearForPPO) materialises the logits this many tokens at a time and recomputes them in backward.
+FUSED_CHUNK_TOKENS = 512
+
+
+def logits_bytes(s: ModelShape, tokens: float, tp: int, backward: bool, fused: bool = False) -> float:
     per = 2 + 4 + (4 if backward else 0)  # bf16 logits, fp32 log-softmax/entropy, fp32 gradient
+    if fused:  # one fp32 chunk of logits, its softmax and gradient, plus the fp32 log-probs / entropy per token
+        return min(tokens, FUSED_CHUNK_TOKENS) * math.ceil(s.vocab / tp) * 12 + tokens * 8
     return tokens * math.ceil(s.vocab / tp) * per
 
 
@@ -212,6 +219,7 @@ def memory_plan(config: DictConfig, shape: ModelShape, gpu_gb: float = 80.0, rec
                           _sel(config, "actor_rollout_ref.ref.log_prob_max_token_len_per_gpu", 0) or 0))
     notes = []
     layer_params = s.expert_params_per_layer + s.dense_params_per_layer_avg
+    fused = bool(_sel(config, "actor_rollout_ref.model.use_fused_kernels", False)) and not megatron
     if megatron:
         m = f"{ACTOR}.megatron"
         tp, pp, cp = (int(_sel(config, f"{m}.{k}", 1)) for k in ("tensor_model_parallel_size",
@@ -277,12 +285,12 @@ def memory_plan(config: DictConfig, shape: ModelShape, gpu_gb: float = 80.0, rec
                           "optimizer resident": resident_optim, "reference params": ref, "runtime": runtime}),
         Phase("log_prob", {"params": params, "gather working set": working, "optimizer resident": resident_optim,
                            "activations (one layer, no grad)": rank_lp * layer_activation_bytes(s) / (1 if not megatron else 1),
-                           "logits": logits_bytes(s, rank_lp, vocab_tp, backward=False), "reference params": ref,
+                           "logits": logits_bytes(s, rank_lp, vocab_tp, backward=False, fused=fused), "reference params": ref,
                            "rollout asleep": asleep, "runtime": runtime}),
         Phase("train", {"params": params, "grads": grads, "gather working set": working,
                         "optimizer resident": resident_optim,
                         "activations": activations(s, rank_tokens, recompute),
-                        "logits": logits_bytes(s, rank_tokens, vocab_tp, backward=True),
+                        "logits": logits_bytes(s, rank_tokens, vocab_tp, backward=True, fused=fused),
                         "routes (micro-batch)": rank_tokens * route_bytes, "reference params": ref,
                         "rollout asleep": asleep, "runtime": runtime}),
         Phase("optimizer_step", {"params": params, "grads": grads, "optimizer": optim, "reference params": ref,
