@@ -153,3 +153,9 @@ def test_ulysses_on_qwen3_next_is_refused_naming_the_key(data):
     issues = list(check_sequence_parallel(config))
     assert issues and issues[0].key == "actor_rollout_ref.actor.ulysses_sequence_parallel_size"
     assert "Qwen3NextGatedDeltaNet" in issues[0].problem
+
+
+def test_readme_table_is_the_generated_one():
+    readme = (recipes.RECIPES_DIR / "README.md").read_text()
+    begin, end = "<!-- recipes-table:begin -->\n", "\n<!-- recipes-table:end -->"
+    assert readme[readme.index(begin) + len(begin):readme.index(end)] == recipes.readme_table()

@@ -174,10 +174,47 @@ def world_size(config: DictConfig) -> int:
     return int(config.trainer.nnodes) * int(config.trainer.n_gpus_per_node)
 
 
+#: What a recipe needs besides itself, and what to look at on its first step (recipes/README.md's table).
+FIRST_STEP = {
+    "qwen3_30b_a3b": "rollout/response_length ≤ 30,720; no 'coverage' warning (R3); peak GPU memory vs the plan",
+    "smoke": "routes arrive (R3 coverage guard quiet); a checkpoint and an eval at step 5",
+    "cold_start": "π_old route mismatch logged (R2); response lengths approach 65,536; peak vs the plan",
+}
+DATA = {
+    "qwen3_30b_a3b": "math prompts (verl RL parquet) + AIME24 / AIME25 / HMMT25 eval files",
+    "smoke": "any verl RL parquet (a few hundred prompts)",
+    "cold_start": "math prompts + eval files; the SFT start built from recipes/models/qwen3_next_cold_start",
+}
+#: The model a recipe's dry run reads when its model.path is the user's own checkpoint.
+TABLE_OVERRIDES = {"cold_start": [f"actor_rollout_ref.model.path={MODELS_DIR / 'qwen3_next_cold_start'}"]}
+
+
+def readme_table(recipes_dir: Path = RECIPES_DIR) -> str:
+    """The per-recipe table of recipes/README.md, computed: hardware, the memory plan's peak, checkpoint disk."""
+    rows = ["| recipe | nodes × GPUs | peak GB/GPU (phase) | checkpoint GB × kept = disk GB | data | first step: check |",
+            "|---|---|---|---|---|---|"]
+    groups: dict[str, list[str]] = {}  # identical rows (every cell of the grid on one backend) are listed once
+    for recipe in all_recipes(recipes_dir):
+        if recipe.name == "cpu_tiny_moe":
+            continue
+        config = compose(recipe, TABLE_OVERRIDES.get(recipe.config_name, []))
+        plan = memory_plan(config, model_shape(config), 80.0, recipe.name)
+        c = plan.checkpoint
+        row = (f"{config.trainer.nnodes} × {config.trainer.n_gpus_per_node} | "
+               f"{plan.per_gpu_peak_gb:.1f} ({plan.peak_phase.name}) | {c['gb_per_checkpoint']:.0f} × {c['kept']} = "
+               f"{c['gb_per_run']:.0f} | {DATA[recipe.config_name]} | {FIRST_STEP[recipe.config_name]} |")
+        groups.setdefault(f"{recipe.config_name}@{plan.backend}|{row}", []).append(recipe.name)
+    for key, names in groups.items():
+        label = f"`{names[0]}`" if len(names) == 1 else f"`{key.split('|')[0]}`: all {len(names)} grid cells"
+        rows.append(f"| {label} | {key.split('|', 1)[1]}")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m verl_stable.recipes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every recipe with its launch line")
+    sub.add_parser("table", help="the per-recipe memory / disk table of recipes/README.md")
     for name in ("overrides", "dry-run"):
         p = sub.add_parser(name)
         p.add_argument("recipe", help="a grid cell (e.g. minirl_r3_n4), smoke, cold_start, or cpu_tiny_moe")
@@ -189,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "list":
         for recipe in all_recipes():
             print(f"{recipe.name:<32} {recipe.hardware:<14} {recipe.launch_line()}")
+        return 0
+    if args.command == "table":
+        print(readme_table())
         return 0
     name = args.recipe if args.recipe == "cpu_tiny_moe" or "@" in args.recipe else f"{args.recipe}@{args.backend}"
     recipe = find(name)
