@@ -12,16 +12,21 @@ a set of group choices on it (``recipes/qwen3_30b_a3b/grid.yaml``). Launch any o
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_stable.recipes.checks import check_model_context, check_model_routes, recipe_issues
+from verl_stable.recipes.checks import check_model_context, check_model_routes, check_sequence_parallel, recipe_issues
 from verl_stable.recipes.models import HUB_MODELS, MODELS_DIR, ModelShape, model_shape
 from verl_stable.recipes.plan import Plan, memory_plan
+
+#: The public names (tests and the first-node check import them from here).
+__all__ = ["RECIPES_DIR", "GRID_RECIPE", "BACKENDS", "Recipe", "grid_cells", "all_recipes", "find", "compose",
+           "MemoryEstimate", "memory_estimate", "memory_plan", "Plan", "ModelShape", "model_shape", "HUB_MODELS",
+           "MODELS_DIR", "check_model_context", "check_model_routes", "check_sequence_parallel", "recipe_issues",
+           "set_keys", "unknown_keys", "world_size", "readme_table", "dry_run", "main"]
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 GRID_RECIPE = "qwen3_30b_a3b"

@@ -269,7 +269,8 @@ def memory_plan(config: DictConfig, shape: ModelShape, gpu_gb: float = 80.0, rec
     if _needs_ref(config):
         ref_off = bool(_sel(config, "actor_rollout_ref.ref.fsdp_config.param_offload" if not megatron
                             else "actor_rollout_ref.ref.megatron.param_offload", False))
-        ref = 0.0 if ref_off else params / 2 * (1 if megatron else 1)  # bf16 reference weights on the same shard
+        # bf16 reference weights on the same shard as the actor's (FSDP's actor shard is fp32)
+        ref = 0.0 if ref_off else (params if megatron else params / 2)
     resident_params = 0.0 if p_off else params
     resident_grads = 0.0 if (g_off or not megatron) else grads  # FSDP frees grads after the step (set_to_none)
     resident_optim = 0.0 if o_off else optim
@@ -284,7 +285,7 @@ def memory_plan(config: DictConfig, shape: ModelShape, gpu_gb: float = 80.0, rec
                           "trainer params resident": resident_params, "trainer grads resident": resident_grads,
                           "optimizer resident": resident_optim, "reference params": ref, "runtime": runtime}),
         Phase("log_prob", {"params": params, "gather working set": working, "optimizer resident": resident_optim,
-                           "activations (one layer, no grad)": rank_lp * layer_activation_bytes(s) / (1 if not megatron else 1),
+                           "activations (one layer, no grad)": rank_lp * layer_activation_bytes(s),
                            "logits": logits_bytes(s, rank_lp, vocab_tp, backward=False, fused=fused), "reference params": ref,
                            "rollout asleep": asleep, "runtime": runtime}),
         Phase("train", {"params": params, "grads": grads, "gather working set": working,
