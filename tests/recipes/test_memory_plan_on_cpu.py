@@ -159,3 +159,14 @@ def test_readme_table_is_the_generated_one():
     readme = (recipes.RECIPES_DIR / "README.md").read_text()
     begin, end = "<!-- recipes-table:begin -->\n", "\n<!-- recipes-table:end -->"
     assert readme[readme.index(begin) + len(begin):readme.index(end)] == recipes.readme_table()
+
+
+@pytest.mark.parametrize("backend", recipes.BACKENDS)
+def test_readme_plan_of_minirl_r3_n8_is_what_the_dry_run_prints(backend, data, capsys):
+    readme = (recipes.RECIPES_DIR / "README.md").read_text()
+    block = readme.split("FSDP:\n\n")[1].split("\n\nMegatron:\n\n")
+    block = block[0] if backend == "fsdp" else block[1].split("\n\n")[0]
+    assert recipes.main(["dry-run", "minirl_r3_n8", "--backend", backend, *data]) == 0
+    out = capsys.readouterr().out
+    for line in block.splitlines():
+        assert f"[dry-run] {line.strip()}\n" in out

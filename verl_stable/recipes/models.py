@@ -132,4 +132,5 @@ def model_shape(config: DictConfig) -> ModelShape:
     if file is None:
         raise ValueError(f"{MODEL_PATH_KEY}={path}: no config.json to read the model's shape from (a local "
                          f"directory with config.json, or one of {', '.join(HUB_MODELS)} shipped in {MODELS_DIR})")
-    return shape_from_dict(json.loads(file.read_text()), str(file))
+    shipped = file.is_relative_to(MODELS_DIR)  # named from the repository root, the same on every machine
+    return shape_from_dict(json.loads(file.read_text()), str(file.relative_to(MODELS_DIR.parents[1]) if shipped else file))
