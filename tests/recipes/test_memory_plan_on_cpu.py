@@ -170,3 +170,14 @@ def test_readme_plan_of_minirl_r3_n8_is_what_the_dry_run_prints(backend, data, c
     out = capsys.readouterr().out
     for line in block.splitlines():
         assert f"[dry-run] {line.strip()}\n" in out
+
+
+@pytest.mark.parametrize("variant", [["rollout_engine=sglang"], ["rollout_precision=bf16"],
+                                     ["rollout_engine=sglang", "rollout_precision=bf16"]], ids=" ".join)
+@pytest.mark.parametrize("backend", recipes.BACKENDS)
+def test_rollout_variants_fit_too(variant, backend, data):
+    config = recipes.compose(recipes.find(f"minirl_r3_n8@{backend}"), [*data, *variant])
+    plan = recipes.memory_plan(config, recipes.model_shape(config), 80.0)
+    assert plan.fits, plan.lines()
+    weights = plan.rollout["weights_gb_per_gpu"] * plan.rollout["tp"]
+    assert weights == pytest.approx(30.53 * (2 if "rollout_precision=bf16" in variant else 1.02), rel=0.01)
