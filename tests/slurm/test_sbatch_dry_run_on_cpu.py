@@ -111,6 +111,6 @@ def test_unknown_recipe_and_container_are_refused():
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (scripts/ci_system_deps.sh)")
 def test_scripts_are_shellcheck_clean():
-    scripts = [SBATCH, ROOT / "scripts" / "ci_system_deps.sh", ROOT / ".ci" / "run"]
+    scripts = [SBATCH, ROOT / "scripts" / "ci_system_deps.sh", ROOT / "scripts" / "first_node_check.sh", ROOT / ".ci" / "run"]
     p = subprocess.run(["shellcheck", *map(str, scripts)], capture_output=True, text=True)
     assert p.returncode == 0, p.stdout
