@@ -155,7 +155,7 @@ def test_math_data_script_writes_verls_schema(tmp_path):
     src.write_text('{"problem": "1+1?", "answer": "2"}\n{"problem": "2+3?", "answer": 5}\n')
     assert prep.main([str(src), str(tmp_path / "train.parquet")]) == 0
     frame = pd.read_parquet(tmp_path / "train.parquet")
-    assert list(frame["data_source"]) == ["math_dapo"] * 2
+    assert list(frame["data_source"]) == ["math"] * 2  # verl_stable.rewards.math_verifier's binary scorer
     assert frame["reward_model"][1]["ground_truth"] == "5" and frame["prompt"][0][0]["role"] == "user"
     with pytest.raises(KeyError, match="--question-key"):
         prep.to_verl_rows([{"q": 1}], "problem", "answer", "math_dapo", "train")

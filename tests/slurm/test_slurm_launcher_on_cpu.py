@@ -1,6 +1,7 @@
 """scripts/slurm/verl_stable.sbatch on a real (single-node, localhost) Slurm: the CPU recipe (tiny MoE,
-VERL_PLATFORM=cpu) through sbatch -> Ray head -> doctor on the running cluster -> verl's trainer; and a requeued
-job that resumes from its checkpoint. Skipped, with the reason, where Slurm or root is missing."""
+VERL_PLATFORM=cpu) through sbatch -> Ray head -> doctor on the running cluster -> verl's trainer; a requeued
+job that resumes from its checkpoint; and a GPU job on this GPU-less node, refused before Ray. Skipped, with the
+reason, where Slurm or root is missing."""
 
 from __future__ import annotations
 
@@ -27,17 +28,18 @@ def slurm(tmp_path_factory):
     cluster.stop()
 
 
-def _submit(slurm, run_dir: Path, *overrides) -> int:
+def _submit(slurm, run_dir: Path, *overrides, platform: str = "cpu", **extra_env) -> int:
     venv_bin = str(Path(sys.executable).parent)
     env = {
-        "VERL_PLATFORM": "cpu", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
+        "VERL_PLATFORM": platform, "PYTHON": sys.executable, "PYTHONPATH": str(ROOT),
         "PATH": f"{venv_bin}:/usr/bin:/bin:/usr/sbin:/sbin", "RUN_DIR": str(run_dir), "VERL_STABLE_RUN_DIR": str(run_dir),
         "VERL_FILE_LOGGER_PATH": str(run_dir / "metrics.jsonl"),
         "PREPARE": f"{sys.executable} -m verl_stable.tasks.addition {run_dir}", "CPUS_PER_NODE": "8",
         "JOIN_TIMEOUT": "180", "RAY_PORT": str(_free_port()), "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1", "VERL_STABLE_ROOT": str(ROOT),
     }
-    return slurm.sbatch([f"--output={run_dir}/slurm-%j.out", "--chdir", str(run_dir), str(SBATCH),
-                         "recipes/cpu/tiny_moe", *overrides], env)
+    # the script asks for 8 GPUs a node; this node has none, and sbatch's own flag wins over the #SBATCH line
+    return slurm.sbatch([f"--output={run_dir}/slurm-%j.out", "--chdir", str(run_dir), "--gpus-per-node=0", str(SBATCH),
+                         "recipes/cpu/tiny_moe", *overrides], {**env, **extra_env})
 
 
 def _steps(metrics: Path) -> list[int]:
@@ -89,3 +91,21 @@ def test_requeued_job_resumes_from_its_checkpoint(slurm, tmp_path):
     assert _steps(run_dir / "metrics.jsonl") == list(range(k + 1, 4)), _why(run_dir, slurm)
     assert _steps(run_dir / "metrics.restart-0.jsonl")[:k] == list(range(1, k + 1))
     assert (ckpt / "global_step_3").exists()
+
+
+def test_a_gpu_job_on_a_node_without_gpus_is_refused_before_ray(slurm, tmp_path):
+    # outside VERL_PLATFORM=cpu: the head counts no GPU (no SLURM_GPUS_ON_NODE, no nvidia-smi) ...
+    run_dir = tmp_path / "head"
+    run_dir.mkdir()
+    job = _submit(slurm, run_dir, platform="gpu")
+    assert slurm.wait_done(job, timeout=300) == "FAILED", _why(run_dir, slurm)
+    out = next(run_dir.glob("slurm-*.out")).read_text()
+    assert "[slurm] error: no GPU on" in out and "ray start" not in out, out
+    # ... and with a GPU count forced, the per-node check (nvidia-smi inside the job, via srun) finds none
+    run_dir = tmp_path / "node"
+    run_dir.mkdir()
+    job = _submit(slurm, run_dir, platform="gpu", GPUS_PER_NODE="1")
+    assert slurm.wait_done(job, timeout=300) == "FAILED", _why(run_dir, slurm)
+    out = next(run_dir.glob("slurm-*.out")).read_text()
+    assert f"[slurm] error: node {slurm.host} shows no GPU" in out and "ray start" not in out, out
+    assert not (run_dir / "logs").exists()  # refused before anything was written
