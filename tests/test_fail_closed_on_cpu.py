@@ -306,7 +306,9 @@ def test_a_reward_module_without_supported_sources_is_a_warning_line(run_dir, tm
     assert any("declares no SUPPORTED_DATA_SOURCES" in str(n) for n in notes), [str(n) for n in notes]
     refused, _ = _issues(run_dir, f"reward.custom_reward_function.path={module}",
                          "reward.custom_reward_function.name=score")
-    assert [i for i in refused if "defines no function score" in str(i)], [str(i) for i in refused]
+    assert "defines no function score" in _line(refused, "reward.custom_reward_function.name")
+    refused, _ = _issues(run_dir, f"reward.custom_reward_function.path={tmp_path / 'gone.py'}")
+    assert "file not found" in _line(refused, "reward.custom_reward_function.path")
 
 
 def test_a_missing_model_dir_is_refused_and_a_hub_id_is_named_as_such(run_dir, tmp_path):

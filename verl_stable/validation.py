@@ -602,13 +602,19 @@ def _scorer(config) -> tuple[str, Any]:
     from verl.utils.import_utils import load_module
 
     path, name = str(_get(config, f"{key}.path")), _get(config, f"{key}.name", "compute_score")
-    _Reading.key = f"{key}.path"
     if "://" not in path and not Path(path).expanduser().is_file():
-        raise FileNotFoundError(f"{key}.path={path}: no such file")
+        raise _RewardFunctionError(ConfigIssue(f"{key}.path", path, "file not found"))
+    _Reading.key = f"{key}.path"
     module = load_module(path)
     if not callable(getattr(module, str(name), None)):
-        raise AttributeError(f"{key}.name={name}: {path} defines no function {name}")
+        raise _RewardFunctionError(ConfigIssue(f"{key}.name", name, f"{path} defines no function {name}"))
     return f"{key}.path={path}", getattr(module, "SUPPORTED_DATA_SOURCES", "unknown")
+
+
+class _RewardFunctionError(Exception):
+    def __init__(self, issue: ConfigIssue):
+        super().__init__(str(issue))
+        self.issue = issue
 
 
 def _unscored(sources: set, supported) -> list:
@@ -701,7 +707,11 @@ def check_data(config) -> Iterator[ConfigIssue]:
                 yield ConfigIssue(key, item, "file not found")
                 continue
             if scorer is None:
-                scorer = _scorer(config)
+                try:
+                    scorer = _scorer(config)
+                except _RewardFunctionError as exc:
+                    yield exc.issue
+                    scorer = ("", None)  # reported once; the files are still checked
             yield from _check_parquet(config, key, item, scorer)
 
 
