@@ -8,6 +8,8 @@ from __future__ import annotations
 import pytest
 from verl.utils.config import omega_conf_to_dataclass
 
+from verl_stable.tasks import addition
+
 from verl_stable.validation import (
     ROUTE_RETURN_KEY,
     ConfigError,
@@ -25,10 +27,8 @@ ENGINE_KEY = {"dp": f"{ACTOR}.fsdp_config.router_replay.mode", "megatron": f"{AC
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    from verl_stable.tasks.addition import build_dataset
-
     root = tmp_path_factory.mktemp("replay_switch")
-    build_dataset(root, n_train=8, n_val=4, seed=0)
+    addition.build_dataset(root, n_train=8, n_val=4, seed=0)
     return root
 
 
@@ -39,6 +39,8 @@ def _base(data, engine):
         "actor_rollout_ref.rollout.name=vllm", f"{ACTOR}.ppo_mini_batch_size=8",
         f"{ACTOR}.ppo_micro_batch_size_per_gpu=2", "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=2",
         "actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu=2", "trainer.n_gpus_per_node=8",
+        # the addition data's scorer (the pre-launch check refuses data sources without one)
+        f"reward.custom_reward_function.path={addition.__file__}",
     ]
 
 

@@ -8,8 +8,10 @@ Same as ``python -m verl.trainer.main_ppo --config-path=pkg://verl_stable.config
 override still yours. ``--cfg job`` prints the composed config without starting anything;
 ``--config-name=minirl_megatron_trainer`` composes verl's Megatron trainer instead.
 
-Before Ray starts, the configs' Hydra callback (:mod:`verl_stable.validation`) checks the composed config and
-refuses mistakes with one line per key (exit status 2).
+Before Ray starts (and before Hydra creates its run directory), the configs' Hydra callback
+(:mod:`verl_stable.validation`) checks the composed config, its data files and its model, and refuses mistakes
+with one line per key (exit status 2); a check that fails is a refusal too. ``VERL_STABLE_SKIP_VALIDATION=1``
+is the only way past it.
 """
 
 from __future__ import annotations

@@ -3,9 +3,16 @@
 Everything verl-stable owns or depends on is checked here, in seconds, on the driver: the loss variant ×
 ``loss_agg_mode`` × ``algorithm.rollout_correction`` (level, threshold, bypass), clip ratios, routing
 replay × strategy × route return × the model's family (read from its config), the rollout's precision,
-that the data files exist, the batch-size divisibility verl's workers assert later, step counts — and then
-verl's own ``validate_config``, with its assertion turned into a message. Every problem becomes one
-:class:`ConfigIssue` (key, value, what is wrong, what is allowed); all of them are reported together.
+every number verl reads that has a valid range (:data:`RANGES`, one row per key) and NaN / inf anywhere,
+``loss_mode`` / ``adv_estimator`` against verl's registries, ``+``-added keys verl's config does not have, the
+data files (opened: schema, rows, the columns the dataset and the reward read, a scorer for every
+``data_source``), the model directory (its config read), settings that would train nothing, the batch-size
+divisibility verl's workers assert later — and then verl's own ``validate_config``, with its assertion turned
+into a message. Every problem becomes one :class:`ConfigIssue` (key, value, what is wrong, what is allowed);
+all of them are reported together.
+
+The pass fails closed: a check that raises is itself a refusal naming the check and the key it was reading,
+and the other checks still run. ``VERL_STABLE_SKIP_VALIDATION=1`` is the only way past it (one line says so).
 
 It runs automatically for every launch that composes verl-stable's trainer configs — ``python -m
 verl_stable.main`` and ``python -m verl.trainer.main_ppo --config-path=pkg://verl_stable.config ...`` alike
@@ -15,15 +22,20 @@ issues and exits with status 2 instead of starting Ray. Python users call :func:
 
 from __future__ import annotations
 
+import ast
 import contextlib
+import difflib
 import importlib
+import inspect
 import io
+import math
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterable, Iterator, Optional
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -42,14 +54,19 @@ ROLLOUT_IS_LEVELS = ("token", "sequence", None)
 EXIT_CONFIG_ERROR = 2
 
 
+#: The only way past the pass; every entry point honours it and says so in one line.
+SKIP_ENV = "VERL_STABLE_SKIP_VALIDATION"
+
+
 @dataclass(frozen=True)
 class ConfigIssue:
-    """One refused setting: ``key=value: problem (allowed: ...)``."""
+    """One refused setting: ``key=value: problem (allowed: ...)``; ``warning=True``: reported, not refused."""
 
     key: str
     value: Any
     problem: str
     allowed: str = ""
+    warning: bool = False
 
     def __str__(self) -> str:
         value = "null" if self.value is None else self.value
@@ -60,8 +77,9 @@ class ConfigIssue:
 class ConfigError(ValueError):
     """A composed trainer config that would fail (or silently misbehave) once training starts."""
 
-    def __init__(self, issues: list[ConfigIssue]):
+    def __init__(self, issues: list[ConfigIssue], warnings: Iterable[ConfigIssue] = ()):
         self.issues = list(issues)
+        self.warnings = list(warnings)
         super().__init__("\n".join(str(issue) for issue in self.issues))
 
     @property
@@ -69,9 +87,38 @@ class ConfigError(ValueError):
         return [issue.key for issue in self.issues]
 
 
+def skip_requested() -> bool:
+    return os.environ.get(SKIP_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def announce_skip(file=None) -> None:
+    print(f"verl-stable: {SKIP_ENV}=1: the pre-launch check was skipped; mistakes surface after start-up",
+          file=file or sys.stderr, flush=True)
+
+
+class _Reading:
+    """The key a check read last: a check that raises is refused naming it (the guarded pass)."""
+
+    key: Optional[str] = None
+
+
 def _get(config: DictConfig, key: str, default: Any = None) -> Any:
+    _Reading.key = key
     value = OmegaConf.select(config, key, default=default)
     return default if value is None else value
+
+
+_MISSING = object()
+
+
+def _select(config: DictConfig, key: str) -> Any:
+    """The value at ``key`` (None kept), or ``_MISSING`` where the composed config has no such key."""
+    _Reading.key = key
+    return OmegaConf.select(config, key, default=_MISSING, throw_on_missing=False)
+
+
+def _nearest(word: str, candidates: Iterable[str], n: int = 3) -> list[str]:
+    return difflib.get_close_matches(str(word), [str(c) for c in candidates], n=n, cutoff=0.6)
 
 
 def _divisors(n: int) -> str:
@@ -82,15 +129,197 @@ def _fmt(values) -> str:
     return ", ".join("null" if v is None else str(v) for v in values)
 
 
-# ------------------------------------------------------------------------------------------------ checks
+# ------------------------------------------------------------------------------------------------ ranges
+@dataclass(frozen=True)
+class Range:
+    """One value verl reads and its valid range: ``Range("trainer.nnodes", "int >= 1")``.
+
+    ``spec`` is ``"<int|float>"`` alone (any finite value), ``"<kind> <op> <bound>"`` (``>``, ``>=``, ``<=``) or
+    ``"<kind> in [a, b]"`` (brackets say which ends are included). ``nullable``: null is allowed (verl derives
+    the value); ``also``: sentinels allowed outside the range (top_k=-1: off). A key the composed config does
+    not have (another engine's block) is skipped.
+    """
+
+    key: str
+    spec: str
+    why: str = ""
+    nullable: bool = False
+    also: tuple = ()
+
+    def _parse(self):
+        match = re.fullmatch(r"(int|float)(?: (>=|>|<=) (\S+)| in ([\[(])(\S+), (\S+)([\])]))?", self.spec)
+        if match is None:
+            raise ValueError(f"bad range spec {self.spec!r} for {self.key}")
+        kind, op, bound, left, low, high, right = match.groups()
+        if op == ">=":
+            return kind, float(bound), None, True, True
+        if op == ">":
+            return kind, float(bound), None, False, True
+        if op == "<=":
+            return kind, None, float(bound), True, True
+        if left:
+            return kind, float(low), float(high), left == "[", right == "]"
+        return kind, None, None, True, True
+
+    def allowed(self) -> str:
+        kind, _, _, _, _ = self._parse()
+        noun = "an integer" if kind == "int" else "a finite number"
+        rest = self.spec[len(kind):].strip()
+        extra = [*(["null"] if self.nullable else []), *(str(v) for v in self.also)]
+        return f"{noun} {rest}".strip() + (f", or {', '.join(extra)}" if extra else "")
+
+    def problem(self, value) -> Optional[str]:
+        if value is None:
+            return None if self.nullable else "must be set"
+        if value in self.also and not isinstance(value, bool):
+            return None
+        kind, low, high, low_in, high_in = self._parse()
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "not a number"
+        if isinstance(value, float) and not math.isfinite(value):
+            return "not a finite number"
+        if kind == "int" and not isinstance(value, int):
+            return "must be an integer"
+        if low is not None and (value < low or (value == low and not low_in)):
+            return "out of range" + (f": {self.why}" if self.why else "")
+        if high is not None and (value > high or (value == high and not high_in)):
+            return "out of range" + (f": {self.why}" if self.why else "")
+        return None
+
+
+def _optim(prefix: str) -> list[Range]:
+    return [
+        Range(f"{prefix}.lr", "float > 0", "a learning rate of 0 (or below) trains nothing"),
+        Range(f"{prefix}.weight_decay", "float >= 0"),
+        Range(f"{prefix}.clip_grad", "float > 0", "0 scales every gradient to 0", nullable=True),
+        Range(f"{prefix}.lr_warmup_steps_ratio", "float in [0, 1]", "a fraction of the training steps"),
+        Range(f"{prefix}.lr_warmup_steps", "int >= -1", "-1 uses lr_warmup_steps_ratio", nullable=True),
+        Range(f"{prefix}.min_lr_ratio", "float in [0, 1]", nullable=True),
+        Range(f"{prefix}.num_cycles", "float >= 0"),
+    ]
+
+
+def _sampling(prefix: str) -> list[Range]:
+    return [
+        Range(f"{prefix}.temperature", "float >= 0", "0 is greedy decoding"),
+        Range(f"{prefix}.top_p", "float in (0, 1]"),
+        Range(f"{prefix}.top_k", "int >= -1", "-1 (or 0) turns top-k off"),
+        Range(f"{prefix}.n", "int >= 1", "responses per prompt"),
+    ]
+
+
+def _megatron(prefix: str) -> list[Range]:
+    sizes = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+             "expert_model_parallel_size")
+    return [
+        *(Range(f"{prefix}.megatron.{size}", "int >= 1") for size in sizes),
+        Range(f"{prefix}.megatron.expert_tensor_parallel_size", "int >= 1", nullable=True),
+        Range(f"{prefix}.megatron.virtual_pipeline_model_parallel_size", "int >= 1", nullable=True),
+    ]
+
+
+_STEP_KEYS = ("trainer.total_training_steps", "trainer.total_epochs", f"{ACTOR}.ppo_epochs", f"{ROLLOUT}.n",
+              "data.train_batch_size")
+
+#: Every value verl reads that has a valid range, one row per key (a new one is one line).
+RANGES: tuple[Range, ...] = (
+    # steps and batches
+    Range("trainer.total_training_steps", "int >= 1", nullable=True),  # null: verl derives it from the epochs
+    Range("trainer.total_epochs", "int >= 1"),
+    Range("trainer.critic_warmup", "int >= 0"),
+    Range("trainer.save_freq", "int"),
+    Range("trainer.test_freq", "int"),
+    Range("data.train_batch_size", "int >= 1", "prompts per step"),
+    Range("data.val_batch_size", "int >= 1", nullable=True),
+    Range("data.max_prompt_length", "int >= 1"),
+    Range("data.max_response_length", "int >= 1", "a response of 0 tokens has nothing to train on"),
+    Range(f"{ACTOR}.ppo_epochs", "int >= 1", "0 epochs never update the policy"),
+    Range(f"{ACTOR}.ppo_mini_batch_size", "int >= 1"),
+    Range(f"{ACTOR}.ppo_micro_batch_size_per_gpu", "int >= 1", nullable=True),
+    Range(f"{ACTOR}.ppo_max_token_len_per_gpu", "int >= 1"),
+    Range(f"{ROLLOUT}.log_prob_micro_batch_size_per_gpu", "int >= 1", nullable=True),
+    Range("actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu", "int >= 1", nullable=True),
+    Range(f"{ROLLOUT}.prompt_length", "int >= 1"),
+    Range(f"{ROLLOUT}.response_length", "int >= 1"),
+    # optimisation
+    *_optim(f"{ACTOR}.optim"),
+    *_optim("critic.optim"),
+    Range(f"{ACTOR}.grad_clip", "float > 0", "0 scales every gradient to 0", nullable=True),
+    Range("critic.grad_clip", "float > 0", "0 scales every gradient to 0", nullable=True),
+    Range(f"{ACTOR}.clip_ratio_c", "float > 1", "verl's dual-clip bound must exceed 1"),
+    Range(f"{ACTOR}.entropy_coeff", "float"),
+    Range(f"{ACTOR}.kl_loss_coef", "float >= 0"),
+    Range("critic.cliprange_value", "float >= 0"),
+    Range("algorithm.gamma", "float in [0, 1]"),
+    Range("algorithm.lam", "float in [0, 1]"),
+    Range("algorithm.kl_ctrl.kl_coef", "float >= 0"),
+    # sampling (training rollouts and validation)
+    *_sampling(ROLLOUT),
+    *_sampling(f"{ROLLOUT}.val_kwargs"),
+    Range(f"{ROLLOUT}.gpu_memory_utilization", "float in (0, 1]"),
+    # parallel sizes and devices
+    Range("trainer.nnodes", "int >= 1"),
+    Range("trainer.n_gpus_per_node", "int >= 1", "devices per node (the CPU backend counts one)"),
+    Range(f"{ACTOR}.ulysses_sequence_parallel_size", "int >= 1"),
+    Range(f"{ACTOR}.fsdp_config.ulysses_sequence_parallel_size", "int >= 1"),
+    Range("actor_rollout_ref.ref.ulysses_sequence_parallel_size", "int >= 1"),
+    Range("critic.ulysses_sequence_parallel_size", "int >= 1"),
+    Range(f"{ROLLOUT}.tensor_model_parallel_size", "int >= 1"),
+    Range(f"{ROLLOUT}.data_parallel_size", "int >= 1"),
+    Range(f"{ROLLOUT}.expert_parallel_size", "int >= 1"),
+    Range(f"{ROLLOUT}.pipeline_model_parallel_size", "int >= 1"),
+    *_megatron(ACTOR),
+    *_megatron("actor_rollout_ref.ref"),
+    *_megatron("critic"),
+)
+
+
+def _interpolated(config, key: str) -> bool:
+    parent, _, leaf = key.rpartition(".")
+    node = OmegaConf.select(config, parent, default=None) if parent else config
+    return OmegaConf.is_dict(node) and leaf in node and OmegaConf.is_interpolation(node, leaf)
+
+
+def _check_rows(config, rows: Iterable[Range]) -> Iterator[ConfigIssue]:
+    for row in rows:
+        value = _select(config, row.key)
+        if value is _MISSING or _interpolated(config, row.key):
+            continue  # another engine's block; or a copy of a key checked where it is set
+        problem = row.problem(value)
+        if problem is not None:
+            yield ConfigIssue(row.key, value, problem, row.allowed())
+
+
+def check_ranges(config) -> Iterator[ConfigIssue]:
+    yield from _check_rows(config, RANGES)
+
+
 def check_steps(config) -> Iterator[ConfigIssue]:
-    for key in ("trainer.total_training_steps", "trainer.total_epochs", f"{ACTOR}.ppo_epochs", f"{ROLLOUT}.n",
-                "data.train_batch_size"):
-        value = _get(config, key)
-        if value is None and key == "trainer.total_training_steps":
-            continue  # null: verl derives it from the epochs
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            yield ConfigIssue(key, value, "must be an integer >= 1")
+    """The step and batch counts alone (a subset of :func:`check_ranges`)."""
+    yield from _check_rows(config, (row for row in RANGES if row.key in _STEP_KEYS))
+
+
+def _leaves(node, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    if OmegaConf.is_dict(node):
+        for key in node.keys():
+            yield from _leaves(node._get_node(key), f"{prefix}.{key}" if prefix else str(key))
+    elif OmegaConf.is_list(node):
+        for index in range(len(node)):
+            yield from _leaves(node._get_node(index), f"{prefix}[{index}]")
+    else:
+        yield prefix, node
+
+
+def check_finite(config) -> Iterator[ConfigIssue]:
+    """NaN / inf anywhere in the config: nothing verl reads as a float means either."""
+    for key, node in _leaves(config):
+        _Reading.key = key
+        if node._is_interpolation():
+            continue  # a copy: the key it copies is reported
+        value = node._value()
+        if isinstance(value, float) and not math.isfinite(value):
+            yield ConfigIssue(key, value, "not a finite number (it would reach the loss or the optimizer as "
+                              "NaN)", "a finite number")
 
 
 def check_loss(config) -> Iterator[ConfigIssue]:
@@ -328,35 +557,288 @@ def check_rollout(config) -> Iterator[ConfigIssue]:
         )
 
 
+# ------------------------------------------------------------------------------------------- data + model
+#: verl's registered reward managers all read ``reward_model.ground_truth`` and the data-source column.
+_GROUND_TRUTH = ("reward_model", "ground_truth")
+
+
+def _data_files(config, key: str) -> list[str]:
+    files = _get(config, key)
+    if files is None:
+        return []
+    return [str(item) for item in ([files] if isinstance(files, str) else list(files))]
+
+
+def verl_default_sources() -> tuple[frozenset, tuple]:
+    """The ``data_source`` values verl's ``default_compute_score`` scores, read from its code: the names it
+    compares with (``==`` / ``in [...]``) and the prefixes it accepts (``startswith``)."""
+    from verl.utils import reward_score
+
+    tree = ast.parse(inspect.getsource(reward_score.default_compute_score))
+    names, prefixes = set(), []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and isinstance(node.left, ast.Name) and node.left.id == "data_source":
+            for comparator in node.comparators:
+                names.update(c.value for c in ast.walk(comparator) if isinstance(c, ast.Constant)
+                             and isinstance(c.value, str))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "startswith"
+              and isinstance(node.func.value, ast.Name) and node.func.value.id == "data_source"):
+            prefixes.extend(a.value for a in node.args if isinstance(a, ast.Constant))
+    return frozenset(names), tuple(prefixes)
+
+
+def _reward_function_key(config) -> Optional[str]:
+    for key in ("reward.custom_reward_function", "custom_reward_function"):  # verl 0.9.1, then the legacy spot
+        if _get(config, f"{key}.path"):
+            return key
+    return None
+
+
+def _scorer(config) -> tuple[str, Any]:
+    """(who scores, the data sources it takes): (key, tuple | None = any | "unknown"), or verl's default."""
+    key = _reward_function_key(config)
+    if key is None:
+        return "verl's default_compute_score", verl_default_sources()
+    from verl.utils.import_utils import load_module
+
+    path, name = str(_get(config, f"{key}.path")), _get(config, f"{key}.name", "compute_score")
+    if "://" not in path and not Path(path).expanduser().is_file():
+        raise _RewardFunctionError(ConfigIssue(f"{key}.path", path, "file not found"))
+    _Reading.key = f"{key}.path"
+    module = load_module(path)
+    if not callable(getattr(module, str(name), None)):
+        raise _RewardFunctionError(ConfigIssue(f"{key}.name", name, f"{path} defines no function {name}"))
+    return f"{key}.path={path}", getattr(module, "SUPPORTED_DATA_SOURCES", "unknown")
+
+
+class _RewardFunctionError(Exception):
+    def __init__(self, issue: ConfigIssue):
+        super().__init__(str(issue))
+        self.issue = issue
+
+
+def _unscored(sources: set, supported) -> list:
+    if supported is None:
+        return []
+    if isinstance(supported, tuple) and len(supported) == 2 and isinstance(supported[0], frozenset):
+        names, prefixes = supported
+        return sorted(s for s in sources if s not in names and not str(s).startswith(prefixes))
+    return sorted(s for s in sources if s not in tuple(supported))
+
+
+def _check_parquet(config, key: str, item: str, scorer) -> Iterator[ConfigIssue]:
+    import pyarrow.parquet as pq
+
+    path = Path(item).expanduser()
+    if path.is_dir():
+        yield ConfigIssue(key, item, "a directory; verl reads one parquet / json file per entry")
+        return
+    if path.stat().st_size == 0:
+        yield ConfigIssue(key, item, "empty file (0 bytes)", "a parquet file with at least one row")
+        return
+    if path.suffix in (".json", ".jsonl"):
+        yield ConfigIssue(key, item, "a json file: its columns are not checked before start-up", warning=True)
+        return
+    if path.suffix != ".parquet":
+        yield ConfigIssue(key, item, "verl reads only .parquet / .json / .jsonl files (by the name's ending)")
+        return
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:
+        yield ConfigIssue(key, item, f"not a readable parquet file ({type(exc).__name__}: {exc})".replace("\n", " "))
+        return
+    rows, columns = parquet.metadata.num_rows, parquet.schema_arrow
+    if rows == 0:
+        yield ConfigIssue(key, item, "no rows", "a parquet file with at least one row")
+        return
+    if key == "data.train_files":
+        batch = _get(config, "data.train_batch_size")
+        if isinstance(batch, int) and 0 < batch and rows < batch and len(_data_files(config, key)) == 1:
+            yield ConfigIssue(
+                key, item, f"{rows} rows, fewer than data.train_batch_size={batch}: verl drops the incomplete "
+                "batch, so the run would have no training step", f"data.train_batch_size <= {rows}",
+            )
+    prompt_key = _get(config, "data.prompt_key", "prompt")
+    if prompt_key not in columns.names:
+        yield ConfigIssue(
+            key, item, f"no column {prompt_key!r} (data.prompt_key={prompt_key}); the file has "
+            f"{', '.join(columns.names)}", "data.prompt_key=<one of the columns>, or a file with that column",
+        )
+    if _get(config, "reward.reward_manager.source", "register") != "register":
+        return  # a custom reward manager reads what it likes
+    source_key = _get(config, "data.reward_fn_key", "data_source")
+    reward_type = columns.field(_GROUND_TRUTH[0]).type if _GROUND_TRUTH[0] in columns.names else None
+    if reward_type is None or not hasattr(reward_type, "names") or _GROUND_TRUTH[1] not in reward_type.names:
+        yield ConfigIssue(
+            key, item, "no reward_model.ground_truth column (a struct column reward_model with a field ground_truth)"
+            ": verl's reward managers pass it to the scorer", "rows like {'reward_model': {'ground_truth': ...}}",
+        )
+    if source_key not in columns.names:
+        yield ConfigIssue(key, item, f"no column {source_key!r} (data.reward_fn_key): the reward needs each row's "
+                          "data source")
+        return
+    who, supported = scorer
+    if supported == "unknown":
+        yield ConfigIssue(key, item, f"{who} declares no SUPPORTED_DATA_SOURCES: whether it scores this file's "
+                          "data sources could not be checked", warning=True)
+        return
+    sources = set(parquet.read(columns=[source_key]).column(0).to_pylist())
+    missing = _unscored(sources, supported)
+    if missing:
+        known = sorted(supported[0]) if isinstance(supported[0], frozenset) else list(supported)
+        yield ConfigIssue(
+            key, item, f"{source_key} {', '.join(map(repr, missing[:5]))} has no scorer in {who}",
+            f"{', '.join(map(str, known[:12]))}{', ...' if len(known) > 12 else ''}; or set "
+            "reward.custom_reward_function.path / .name to a scorer for it",
+        )
+
+
 def check_data(config) -> Iterator[ConfigIssue]:
+    """Every train / val file opened: schema, rows, the columns the dataset and the reward need."""
+    scorer = None
     for key in ("data.train_files", "data.val_files"):
-        files = _get(config, key)
-        if files is None:
-            if key == "data.train_files":
-                yield ConfigIssue(key, None, "no training data given", "a parquet file or a list of them")
-            continue
-        for item in [files] if isinstance(files, str) else list(files):
-            item = str(item)
+        files = _data_files(config, key)
+        if not files and key == "data.train_files":
+            yield ConfigIssue(key, None, "no training data given", "a parquet file or a list of them")
+        for item in files:
             if "://" in item:
                 continue  # hdfs:// and friends: verl copies them to local disk itself
             if not Path(item).expanduser().exists():
                 yield ConfigIssue(key, item, "file not found")
+                continue
+            if scorer is None:
+                try:
+                    scorer = _scorer(config)
+                except _RewardFunctionError as exc:
+                    yield exc.issue
+                    scorer = ("", None)  # reported once; the files are still checked
+            yield from _check_parquet(config, key, item, scorer)
+
+
+#: A hub id: ``org/name``, nothing more (a local path that does not exist has more parts, or starts with / . ~).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K = ("num_experts_per_tok", "moe_topk", "moe_top_k", "top_k")
+
+
+def check_model(config) -> Iterator[ConfigIssue]:
+    """The actor's model: a local directory is read (its config, the router's top-k within its experts); a hub id
+    is named as such and left to the workers (no hub traffic before Ray)."""
+    key = "actor_rollout_ref.model.path"
+    path = _get(config, key)
+    if path is None:
+        yield ConfigIssue(key, None, "no model given", "a model directory or a hub id org/name")
+        return
+    local = Path(str(path)).expanduser()
+    if not local.exists():
+        if _HUB_ID.fullmatch(str(path)):
+            yield ConfigIssue(key, path, "not a directory here: taken as a hub id, not read before start-up (the "
+                              "workers download it)", warning=True)
+        else:
+            yield ConfigIssue(key, path, "directory not found", "a model directory (config.json) or a hub id org/name")
+        return
+    if not local.is_dir() or not (local / "config.json").is_file():
+        yield ConfigIssue(key, path, "not a model directory: no config.json in it")
+        return
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(
+            str(local), local_files_only=True,
+            trust_remote_code=bool(_get(config, "actor_rollout_ref.model.trust_remote_code", False)),
+        )
+    except Exception as exc:
+        yield ConfigIssue(key, path, f"its config.json does not load ({type(exc).__name__}: {exc})".replace("\n", " "))
+        return
+    text = getattr(hf_config, "text_config", None) or hf_config
+    experts = next((getattr(text, a) for a in _EXPERT_COUNTS if isinstance(getattr(text, a, None), int)), None)
+    top_k = next((getattr(text, a) for a in _TOP_K if isinstance(getattr(text, a, None), int)), None)
+    if experts is not None and top_k is not None and not 1 <= top_k <= max(experts, 1) and experts > 0:
+        yield ConfigIssue(
+            key, path, f"its config routes each token to {top_k} experts (num_experts_per_tok) of {experts}",
+            f"1 <= num_experts_per_tok <= {experts}",
+        )
+
+
+def _estimator_names() -> dict:
+    from verl.trainer.ppo import core_algos
+
+    return core_algos.ADV_ESTIMATOR_REGISTRY
+
+
+#: verl's estimators whose baseline is the other responses of the same prompt (verl falls back to a baseline of 0
+#: for a one-response group, so ``rollout.n=1`` is no longer the algorithm asked for).
+GROUP_ESTIMATORS = ("grpo", "grpo_vectorized", "grpo_passk", "rloo", "rloo_vectorized", "opo", "gpg", "gdpo",
+                    "reinforce_plus_plus_baseline", "optimal_token_baseline", "tir_optimal_token_baseline")
+
+
+def check_registries(config) -> Iterator[ConfigIssue]:
+    """``loss_mode`` and ``adv_estimator`` against the names verl (with verl-stable's plugin) has registered."""
+    import verl_stable.plugin  # noqa: F401  (registers verl-stable's losses, as verl's entry point does)
+    from verl.trainer.ppo import core_algos
+
+    for key, registry in ((LOSS_MODE_KEY, core_algos.POLICY_LOSS_REGISTRY), ("algorithm.adv_estimator",
+                                                                           _estimator_names())):
+        value = _get(config, key)
+        if value is not None and str(value) not in registry:
+            near = _nearest(str(value), registry)
+            hint = f"nearest: {', '.join(near)}; " if near else ""
+            yield ConfigIssue(key, value, "not a name verl has registered", f"{hint}all: {_fmt(sorted(registry))}")
+
+
+#: Rollout settings that decode greedily (the same response n times).
+_GREEDY = ((f"{ROLLOUT}.temperature", 0), (f"{ROLLOUT}.top_k", 1), (f"{ROLLOUT}.do_sample", False))
+
+
+def _same(value, target) -> bool:
+    return value is not None and isinstance(value, bool) == isinstance(target, bool) and value == target
+
+
+def check_meaningless(config) -> Iterator[ConfigIssue]:
+    """Settings that run but train nothing, or not what was asked for."""
+    estimator = str(_get(config, "algorithm.adv_estimator", ""))
+    n = _get(config, f"{ROLLOUT}.n")
+    if estimator in GROUP_ESTIMATORS and n == 1:
+        yield ConfigIssue(
+            f"{ROLLOUT}.n", 1, f"algorithm.adv_estimator={estimator} compares each response with the other "
+            "responses to the same prompt; with one response per prompt there is no group (verl then uses a "
+            "baseline of 0 and the raw reward as advantage)", "rollout.n >= 2 (the paper's recipes use 8 or 16)",
+        )
+    greedy = next(((key, value) for key, value in _GREEDY if _same(_get(config, key), value)), None)
+    if estimator in GROUP_ESTIMATORS and isinstance(n, int) and n > 1 and greedy is not None:
+        yield ConfigIssue(
+            greedy[0], greedy[1], f"greedy rollouts give the {n} responses to a prompt the same text, so every "
+            f"group-relative advantage ({estimator}) is 0 and nothing is learned",
+            "sampling: temperature > 0, top_k != 1, do_sample=true",
+        )
+    warmup, steps = _get(config, "trainer.critic_warmup", 0), _get(config, "trainer.total_training_steps")
+    if isinstance(warmup, int) and isinstance(steps, int) and not isinstance(warmup, bool) and warmup > steps:
+        yield ConfigIssue(
+            "trainer.critic_warmup", warmup, f"verl updates the actor only from step critic_warmup on; with "
+            f"trainer.total_training_steps={steps} the actor is never updated", f"<= {steps}",
+        )
+    if _get(config, f"{ACTOR}.use_kl_loss", False) and _get(config, f"{ACTOR}.kl_loss_coef") == 0:
+        yield ConfigIssue(f"{ACTOR}.kl_loss_coef", 0, "use_kl_loss=true with a coefficient of 0 computes the "
+                          "reference policy's log-probs for nothing", "> 0, or use_kl_loss=false", warning=True)
 
 
 def check_batch_sizes(config) -> Iterator[ConfigIssue]:
     """The divisibility verl's workers assert mid-run (engine micro-batching), checked up front."""
     if _get(config, f"{ACTOR}.use_dynamic_bsz", False):
         return
-    n_gpus = int(_get(config, "trainer.n_gpus_per_node", 1)) * int(_get(config, "trainer.nnodes", 1))
+    sizes = [_get(config, k, 1) for k in ("trainer.n_gpus_per_node", "trainer.nnodes",
+                                           f"{ACTOR}.ulysses_sequence_parallel_size")]
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes):
+        return  # reported by check_ranges
     if _get(config, f"{ACTOR}.strategy") not in FSDP_STRATEGIES:
         return  # Megatron's data-parallel size depends on TP/PP/CP: verl's validate_config covers it
-    dp = max(1, n_gpus // int(_get(config, f"{ACTOR}.ulysses_sequence_parallel_size", 1)))
+    dp = max(1, sizes[0] * sizes[1] // sizes[2])
     n = _get(config, f"{ROLLOUT}.n", 1)
     prompts = _get(config, "data.train_batch_size", 1)
     mini = _get(config, f"{ACTOR}.ppo_mini_batch_size")
     micro = _get(config, f"{ACTOR}.ppo_micro_batch_size_per_gpu")
     if not all(isinstance(v, int) and v >= 1 for v in (n, prompts)):
-        return  # reported by check_steps
+        return  # reported by check_ranges
     if isinstance(mini, int) and mini >= 1:
         if prompts % mini:
             yield ConfigIssue(
@@ -400,20 +882,101 @@ def check_verl(config) -> Iterator[ConfigIssue]:
         yield ConfigIssue("verl validate_config", type(exc).__name__, str(exc) or repr(exc))
 
 
-CHECKS = (check_steps, check_loss, check_clip, check_routing_replay, check_rollout, check_data, check_batch_sizes)
+#: The pass, in order: every check is ``check(config) -> Iterator[ConfigIssue]``; adding one is one line here.
+CHECKS: tuple[Callable[[DictConfig], Iterator[ConfigIssue]], ...] = (
+    check_ranges,
+    check_finite,
+    check_registries,
+    check_loss,
+    check_clip,
+    check_routing_replay,
+    check_rollout,
+    check_data,
+    check_model,
+    check_meaningless,
+    check_batch_sizes,
+)
+
+#: Path segments under which verl passes keys through (kwargs, env vars, model config overrides): a ``+``-added
+#: key there is the user's to choose.
+FREE_FORM = ("ray_kwargs", "override_config", "env_vars", "runtime_env", "engine_kwargs", "reward_kwargs",
+             "override_transformer_config", "extra")
 
 
-def validate_trainer_config(config: DictConfig, *, with_verl: bool = True) -> None:
-    """Raise :class:`ConfigError` listing every problem of a composed trainer config; return if none.
+def _is_free_form(segments: list[str]) -> bool:
+    return any(seg in FREE_FORM or seg.endswith("kwargs") for seg in segments)
+
+
+def check_added_keys(config, overrides: Iterable[str]) -> Iterator[ConfigIssue]:
+    """``+key=value`` overrides verl's config has no such key for: Hydra adds them and verl never reads them."""
+    overrides = [str(o) for o in overrides]
+    added = {o[1:].split("=", 1)[0] for o in overrides if o.startswith("+") and not o.startswith("++")}
+    for key in sorted(added):
+        if "." not in key:
+            continue  # +group=option: a config group, Hydra resolves it
+        parent, leaf = key.rsplit(".", 1)
+        if _is_free_form(parent.split(".")):
+            continue
+        _Reading.key = key
+        node = OmegaConf.select(config, parent, default=None)
+        if not OmegaConf.is_dict(node):
+            continue
+        siblings = [k for k in node.keys() if f"{parent}.{k}" not in added]
+        if not siblings:
+            continue  # the whole block is new (e.g. an extra logger's settings): nothing to compare with
+        near = _nearest(leaf, siblings)
+        yield ConfigIssue(
+            key, OmegaConf.select(config, key), f"'+' added a key verl's config does not have under {parent}: "
+            "verl never reads it", f"did you mean {', '.join(f'{parent}.{k}' for k in near)}" if near
+            else f"the keys of {parent} (python -m verl_stable.main --cfg job)",
+        )
+
+
+def _guarded(check, config, *args) -> list[ConfigIssue]:
+    """The issues of one check; a check that raises becomes a refusal naming it and the key it was reading."""
+    _Reading.key = None
+    try:
+        return list(check(config, *args))
+    except Exception as exc:  # fail closed: an unverified setting is never launched
+        key = _Reading.key or f"check {check.__name__}"
+        value = OmegaConf.select(config, key, default=None) if _Reading.key else type(exc).__name__
+        message = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+        return [ConfigIssue(
+            key, value, f"{check.__name__} could not check it ({message[:300]}); refused rather than launched "
+            "unchecked", f"a valid value, or {SKIP_ENV}=1 to launch without the check",
+        )]
+
+
+def run_checks(config: DictConfig, overrides: Iterable[str] = (), *, with_verl: bool = True,
+               checks: Optional[Iterable[Callable]] = None) -> list[ConfigIssue]:
+    """Every check's issues (refusals and warnings), each check guarded (``checks``: :data:`CHECKS` unless
+    given); a key one check refused is not refused again by a later one."""
+    issues = [issue for check in (CHECKS if checks is None else checks) for issue in _guarded(check, config)]
+    issues += _guarded(check_added_keys, config, list(overrides))
+    if with_verl and not any(not issue.warning for issue in issues):
+        issues += _guarded(check_verl, config)
+    seen, unique = set(), []
+    for issue in issues:
+        if issue.key in seen and not issue.warning:
+            continue
+        seen.add(issue.key)
+        unique.append(issue)
+    return unique
+
+
+def validate_trainer_config(config: DictConfig, *, with_verl: bool = True, overrides: Iterable[str] = (),
+                            checks: Optional[Iterable[Callable]] = None) -> list[ConfigIssue]:
+    """Raise :class:`ConfigError` listing every problem of a composed trainer config; return the warnings if none.
 
     ``with_verl`` also runs verl's own ``validate_config`` (only when ours found nothing: its messages assume
-    the basics hold).
+    the basics hold). ``overrides``: the command line's, for the ``+``-added-key check.
     """
-    issues = [issue for check in CHECKS for issue in check(config)]
-    if not issues and with_verl:
-        issues = list(check_verl(config))
-    if issues:
-        raise ConfigError(issues)
+    issues = run_checks(config, overrides, with_verl=with_verl, checks=checks)
+    errors = [issue for issue in issues if not issue.warning]
+    notes = [issue for issue in issues if issue.warning]
+    if errors:
+        raise ConfigError(errors, notes)
+    return notes
 
 
 def report(error: ConfigError, file=None) -> None:
@@ -422,6 +985,13 @@ def report(error: ConfigError, file=None) -> None:
     print(f"verl-stable: refused before start-up, {len(error.issues)} {noun} to fix:", file=file)
     for issue in error.issues:
         print(f"  {issue}", file=file)
+    report_warnings(error.warnings, file=file)
+
+
+def report_warnings(notes: Iterable[ConfigIssue], file=None) -> None:
+    file = file or sys.stderr
+    for issue in notes:
+        print(f"verl-stable: warning: {issue}", file=file)
     file.flush()
 
 
@@ -435,19 +1005,40 @@ class ValidateOnJobStart(_HydraCallback):
     """Hydra callback (``hydra.callbacks`` in verl-stable's trainer configs): validate before the job runs.
 
     Hydra calls it for whichever entry point composed our config, so verl's own ``main_ppo`` gets the same
-    checks as ``verl_stable.main``. A refused config prints the issues and exits with status 2 — no Ray
-    start, no traceback. ``VERL_STABLE_SKIP_VALIDATION=1`` turns it off (e.g. to reproduce a verl error).
+    checks as ``verl_stable.main``. It runs at ``on_run_start``, before Hydra creates the run directory, so a
+    refused launch leaves nothing behind (``on_job_start`` covers ``--multirun``'s jobs). A refused config
+    prints the issues and exits with status 2 — no Ray start, no traceback. Hydra turns an exception of a
+    callback into a warning and carries on, so nothing may escape here: anything unexpected is a refusal too.
+    ``VERL_STABLE_SKIP_VALIDATION=1`` turns it off (e.g. to reproduce a verl error) and says so.
     """
 
+    def __init__(self) -> None:
+        self._checked_run = False
+
+    def on_run_start(self, config: DictConfig, **kwargs) -> None:
+        self._checked_run = True
+        self._validate(config)
+
     def on_job_start(self, config: DictConfig, **kwargs) -> None:
-        if os.environ.get("VERL_STABLE_SKIP_VALIDATION", "").strip() in ("1", "true", "yes"):
+        if not self._checked_run:  # a --multirun job: each has its own config
+            self._validate(config)
+
+    def _validate(self, config: DictConfig) -> None:
+        if skip_requested():
+            announce_skip()
             return
-        task_config = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         try:
-            validate_trainer_config(task_config)
+            overrides = list(OmegaConf.select(config, "hydra.overrides.task", default=None) or [])
+            task_config = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+            notes = validate_trainer_config(task_config, overrides=overrides)
         except ConfigError as error:
             report(error)
             sys.exit(EXIT_CONFIG_ERROR)
+        except Exception as exc:  # noqa: BLE001 -- fail closed whatever went wrong
+            report(ConfigError([ConfigIssue("check", type(exc).__name__, f"the pre-launch check failed: {exc}",
+                                            f"{SKIP_ENV}=1 to launch without it")]))
+            sys.exit(EXIT_CONFIG_ERROR)
+        report_warnings(notes)
 
 
 def compose_trainer_config(overrides: list[str], config_name: str = "minirl_trainer") -> DictConfig:
@@ -460,10 +1051,18 @@ def compose_trainer_config(overrides: list[str], config_name: str = "minirl_trai
         return compose(config_name=config_name, overrides=list(overrides))
 
 
-def validate_overrides(overrides: list[str], config_name: str = "minirl_trainer") -> Optional[ConfigError]:
-    """Compose and validate; return the error (for launchers that report it their own way) or None."""
+def validate_overrides(overrides: list[str], config_name: str = "minirl_trainer", *,
+                       checks: Optional[Iterable[Callable]] = None) -> Optional[ConfigError]:
+    """Compose and validate; return the error (for launchers that report it their own way) or None.
+
+    Honours ``VERL_STABLE_SKIP_VALIDATION`` like the Hydra callback (one line says the check was skipped)."""
+    if skip_requested():
+        announce_skip(sys.__stderr__)  # the caller may be silencing library output: this line must show
+        return None
+    config = compose_trainer_config(overrides, config_name)
     try:
-        validate_trainer_config(compose_trainer_config(overrides, config_name))
+        notes = validate_trainer_config(config, overrides=overrides, checks=checks)
     except ConfigError as error:
         return error
+    report_warnings(notes, sys.__stderr__)
     return None

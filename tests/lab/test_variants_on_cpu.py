@@ -54,11 +54,8 @@ def _flat(cfg) -> dict:
 def _base(tmp: Path, cold_start: str = "default") -> list[str]:
     setup = addition_setup()
     args = run.Args(out=tmp, size=variants.GridSize(steps=3, prompts_per_step=PROMPTS))
-    data = tmp / "data"
-    data.mkdir(exist_ok=True)
-    train, val = data / "train.parquet", data / "val.parquet"
-    for p in (train, val):
-        p.touch()
+    # real files: the pre-launch check opens them (schema, rows, a scorer for every data source)
+    train, val = setup.build_data(tmp / "data", seed=0)
     model = tmp / "models" / cold_start
     return run.base_overrides(
         args, setup, run_dir=tmp / "runs" / "x", model_dir=str(model), train=str(train), val=str(val)

@@ -55,6 +55,14 @@ def _override_value(overrides: list[str], key: str):
     return None
 
 
+def _int_or(text, default: int) -> int:
+    """The step count for the console; with the check skipped (VERL_STABLE_SKIP_VALIDATION) it may be anything."""
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return default
+
+
 def _build_model_once(model_dir: Path, build) -> None:
     """The seeded tiny model is the same every time: build it once per run directory (a marker says how)."""
     marker = model_dir / "verl_stable_build.txt"
@@ -106,14 +114,6 @@ def main(argv: list[str] | None = None) -> int:
                        group_size=GROUP_SIZE, quantization=args.quantization),
         *user,
     ]
-    total = int(_override_value(overrides, "trainer.total_training_steps") or args.steps)
-    trainer = "legacy loop" if str(_override_value(user, "trainer.use_v1")).lower() == "false" else "v1 trainer"
-    print(f"[demo] python -m verl_stable.main {' '.join(preset + user) or 'algorithm=minirl'}  (+ CPU settings)")
-    print(f"[demo] tiny Qwen3-MoE (2 layers, 4 experts, top-2), addition, {args.prompts} prompts x {GROUP_SIZE} "
-          f"per step, {total} steps, verl {trainer}, {ROLLOUT_NAME} rollout ({args.quantization or 'bf16'} weights)")
-    print(f"[demo] run dir {run_dir}: train.log (verl's full output), metrics.jsonl, checkpoints/, hydra/")
-    print("[demo] stale updates: actor_rollout_ref.actor.ppo_mini_batch_size=2 (2 updates per step); "
-          "full output on screen: VERBOSE=1")
 
     from transformers.utils import logging as hf_logging
 
@@ -122,16 +122,29 @@ def main(argv: list[str] | None = None) -> int:
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars for a one-shard tiny model
 
-    # Data first (under a second), then the whole config check in this process, so a mistake is refused in
-    # seconds -- before the model's short supervised warm-up and before Ray. The trainer checks it again.
+    # Data first (under a second), then the whole guarded config check in this process, before anything below
+    # reads a setting: a mistake is refused in seconds -- before the model's short supervised warm-up and
+    # before Ray. The trainer checks it again (with the model built, so its check runs there).
     build_dataset(run_dir / "data", seed=0)
+    own_model = run_dir / "model"  # built below, after the check: only its own check waits for the trainer's pass
+    model_pending = (_override_value(overrides, "actor_rollout_ref.model.path") == str(own_model)
+                     and not (own_model / "config.json").exists())
+    checks = tuple(c for c in validation.CHECKS if not (model_pending and c is validation.check_model))
     # importing verl here logs its platform choice and warns about optional engines: not for the console
     with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        error = validation.validate_overrides(overrides)
+        error = validation.validate_overrides(overrides, checks=checks)
     if error is not None:
         validation.report(error)
         return validation.EXIT_CONFIG_ERROR
+    total = _int_or(_override_value(overrides, "trainer.total_training_steps"), args.steps)
+    trainer = "legacy loop" if str(_override_value(user, "trainer.use_v1")).lower() == "false" else "v1 trainer"
+    print(f"[demo] python -m verl_stable.main {' '.join(preset + user) or 'algorithm=minirl'}  (+ CPU settings)")
+    print(f"[demo] tiny Qwen3-MoE (2 layers, 4 experts, top-2), addition, {args.prompts} prompts x {GROUP_SIZE} "
+          f"per step, {total} steps, verl {trainer}, {ROLLOUT_NAME} rollout ({args.quantization or 'bf16'} weights)")
+    print(f"[demo] run dir {run_dir}: train.log (verl's full output), metrics.jsonl, checkpoints/, hydra/")
+    print("[demo] stale updates: actor_rollout_ref.actor.ppo_mini_batch_size=2 (2 updates per step); "
+          "full output on screen: VERBOSE=1")
     _build_model_once(run_dir / "model", build_model_dir)
     metrics.unlink(missing_ok=True)
 

@@ -19,6 +19,8 @@ import random
 from pathlib import Path
 
 DATA_SOURCE = "verl_stable/lab_addition"
+#: What compute_score scores: the pre-launch check refuses data whose data_source is not here.
+SUPPORTED_DATA_SOURCES = (DATA_SOURCE,)
 DIFFICULTIES = (1, 2, 3)
 DEFAULT_DIFFICULTY = 2
 EVAL_K = 8

@@ -17,6 +17,8 @@ import random
 from pathlib import Path
 
 DATA_SOURCE = "verl_stable/addition_mod10"
+#: What compute_score scores: verl-stable's pre-launch check refuses data whose data_source is not here.
+SUPPORTED_DATA_SOURCES = (DATA_SOURCE,)
 
 # One token per character; the chat roles are single tokens so a prompt stays ~10 tokens long.
 SPECIAL_TOKENS = ["<pad>", "<|im_start|>", "<|im_end|>", "<|endoftext|>", "system", "user", "assistant"]
