@@ -760,6 +760,16 @@ def check_model(config) -> Iterator[ConfigIssue]:
         )
 
 
+def check_model_shape(config) -> Iterator[ConfigIssue]:
+    """The run against its model's config.json (a local directory, or the copy shipped for a known hub id):
+    context vs positions, the routes' shape, sequence parallelism the family supports."""
+    # imported here: the model-file checks live beside the shipped model configs, which import this module
+    from verl_stable.recipes import checks
+
+    for check in checks.CHECKS:
+        yield from check(config)
+
+
 def _estimator_names() -> dict:
     from verl.trainer.ppo import core_algos
 
@@ -893,6 +903,7 @@ CHECKS: tuple[Callable[[DictConfig], Iterator[ConfigIssue]], ...] = (
     check_rollout,
     check_data,
     check_model,
+    check_model_shape,
     check_meaningless,
     check_batch_sizes,
 )

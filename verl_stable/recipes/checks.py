@@ -6,7 +6,7 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from verl_stable.recipes.models import MODEL_PATH_KEY, OVERRIDE_KEY, model_shape
+from verl_stable.recipes.models import MODEL_PATH_KEY, OVERRIDE_KEY, config_file_for, model_shape
 from verl_stable.validation import ConfigIssue, replay_mode
 
 ROLLOUT = "actor_rollout_ref.rollout"
@@ -20,6 +20,11 @@ def _sel(config, key, default=None):
 
 
 def _shape_or_issue(config):
+    """The model's shape; ``(None, None)`` where no config.json can be read here (a hub id without a shipped copy:
+    the validation pass names it, and the memory plan refuses it), ``(None, issue)`` where the file is bad."""
+    path = _sel(config, MODEL_PATH_KEY)
+    if path is None or config_file_for(str(path)) is None:
+        return None, None
     try:
         return model_shape(config), None
     except ValueError as error:
@@ -30,8 +35,8 @@ def check_model_context(config) -> Iterator[ConfigIssue]:
     """Prompt + response and the rollout's ``max_model_len`` against the model's positions (× a rope_scaling
     factor given through ``model.override_config``)."""
     shape, issue = _shape_or_issue(config)
-    if issue:
-        yield issue
+    if issue or shape is None:
+        yield from ([issue] if issue else [])
         return
     positions = shape.max_positions
     scaling = _sel(config, f"{OVERRIDE_KEY}.rope_scaling")
