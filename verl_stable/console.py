@@ -139,6 +139,10 @@ _HINTS: tuple[tuple[re.Pattern, str], ...] = (
     (re.compile(r"No space left on device|Disk quota exceeded|\[Errno 28\]|File too large|\[Errno 27\]"),
      "the disk is full: free space where the run writes (trainer.default_local_dir for checkpoints, the run dir)"),
     # torch.topk in a MoE gate asked for more experts than exist
+    # torch.save on a full disk says only this (the C++ stream's error, no errno)
+    (re.compile(r"basic_ios::clear|iostream error|PytorchStreamWriter failed writing"),
+     "writing a file failed (torch.save): a full disk or a path that cannot be written "
+     "(trainer.default_local_dir for checkpoints)"),
     (re.compile(r"num_experts_per_tok|num_experts|top_?k.*expert|expert.*top_?k|selected index k out of range",
                 re.I),
      "the model's config.json (actor_rollout_ref.model.path): num_experts_per_tok must be <= num_experts"),
@@ -235,6 +239,25 @@ def last_error(log_path: str | Path, max_lines: int = 12) -> list[str]:
     return lines[-max_lines:]
 
 
+def full_disks(paths: Sequence[str | Path], min_free_bytes: int = 16 << 20) -> list[str]:
+    """The filesystems among ``paths`` (or their nearest existing parent) with less than ``min_free_bytes`` free:
+    a failure's message rarely says "disk full" itself (torch.save says "iostream error")."""
+    import shutil
+
+    full = []
+    for path in paths:
+        path = Path(path)
+        while not path.exists() and path != path.parent:
+            path = path.parent
+        try:
+            usage = shutil.disk_usage(path)
+        except OSError:
+            continue
+        if usage.free < min_free_bytes:
+            full.append(f"{path}: {usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.0f} MiB")
+    return list(dict.fromkeys(full))
+
+
 # ------------------------------------------------------------------------------------------- rotating, appending
 def rotate(path: str | Path) -> Optional[Path]:
     """Keep an earlier run's file: ``train.log`` -> ``train.1.log``, ``train.1.log`` -> ``train.2.log`` ...
@@ -319,17 +342,20 @@ def _stop(proc: subprocess.Popen, tree: _RunTree, grace_s: float) -> None:
         except (ProcessLookupError, PermissionError):
             pass
 
+    tree.snapshot()  # what started since the last poll
     try:
         signal_group(signal.SIGINT)
         try:
             proc.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             # ray.init ignores SIGINT while it waits for its GCS (up to 30 s): ask harder
+            tree.snapshot()
             signal_group(signal.SIGTERM)
-            proc.wait(timeout=2)
+            proc.wait(timeout=1)
     except (subprocess.TimeoutExpired, KeyboardInterrupt):
         pass
     finally:
+        tree.snapshot()
         signal_group(signal.SIGKILL)
         tree.kill()
         try:
@@ -348,7 +374,7 @@ def run_logged(
     cwd: Optional[str | Path] = None,
     verbose: bool = False,
     poll_s: float = 0.5,
-    stop_grace_s: float = 4.0,
+    stop_grace_s: float = 3.0,
 ) -> int:
     """Run ``cmd`` with stdout+stderr in ``log_path`` (and on the console if ``verbose``), calling
     ``on_row`` for every new row verl's file logger writes to ``metrics_path``. Returns the exit status.

@@ -83,6 +83,17 @@ def test_disk_full_says_disk_full():
     assert "disk is full" in console.find_cause(log).hint
 
 
+def test_torch_save_on_a_full_disk_is_named_and_the_full_disk_found(tmp_path):
+    log = "\n".join([
+        "Traceback (most recent call last):",
+        '  File "/venv/torch/serialization.py", line 1312, in _save',
+        "RuntimeError: basic_ios::clear: iostream error",
+    ])
+    assert "full disk" in console.find_cause(log).hint
+    assert console.full_disks([tmp_path]) == []  # the test machine's disk has room
+    assert console.full_disks([tmp_path / "not" / "yet"], min_free_bytes=1 << 62)[0].startswith(str(tmp_path))
+
+
 def test_a_deleted_log_is_said_to_be_gone(tmp_path):
     lines = console.last_error(tmp_path / "gone" / "train.log")
     assert len(lines) == 1 and "no longer exists" in lines[0] and "deleted" in lines[0]

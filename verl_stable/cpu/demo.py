@@ -260,6 +260,9 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"[demo] failed after {elapsed:.0f} s (exit {rc}), {len(rows)} step(s) done:", file=sys.stderr)
         for line in console.last_error(log):
             print(f"  {line}", file=sys.stderr)
+        ckpt_root = _override_value(overrides, "trainer.default_local_dir")
+        for disk in console.full_disks([run_dir, *([run_dir / ckpt_root] if ckpt_root else [])]):
+            print(f"  the disk is full: {disk}", file=sys.stderr)
         print(f"[demo] full log: {log}" + (f"; the steps done are in {metrics}" if rows else ""), file=sys.stderr)
         return rc
     if expected is not None and len(rows) < expected:
