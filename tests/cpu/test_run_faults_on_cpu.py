@@ -82,10 +82,17 @@ class Demo:
 
 
 def _ray_actor(demo: Demo, name: str) -> psutil.Process:
-    for pid, (created, cmd) in demo.seen.items():
-        if cmd.startswith(f"ray::{name}"):
-            return psutil.Process(pid)
-    raise AssertionError(f"no ray::{name} process in the run's tree: {[c[:60] for _, c in demo.seen.values()]}")
+    titles = []
+    for pid, (created, _) in demo.seen.items():
+        try:  # Ray renames a worker's process title to ray::<Actor> once the actor lives: read it now
+            p = psutil.Process(pid)
+            title = " ".join(p.cmdline())
+        except psutil.Error:
+            continue
+        if p.create_time() == created and title.startswith(f"ray::{name}"):
+            return p
+        titles.append(title[:40])
+    raise AssertionError(f"no ray::{name} process in the run's tree: {titles}")
 
 
 @pytest.mark.parametrize("phase", ["setup", "ray start-up", "training"])
