@@ -154,8 +154,9 @@ _HINTS: tuple[tuple[re.Pattern, str], ...] = (
      "a path that does not exist (data.train_files, actor_rollout_ref.model.path, or a run dir deleted mid-run)"),
     (re.compile(r"(out of memory|OutOfMemory|MemoryError|OOM)", re.I),
      "memory: smaller data.train_batch_size / ppo_micro_batch_size_per_gpu, or fewer processes on this machine"),
-    (re.compile(r"SIGKILL|killed|signal 9|exit code -9|SIGSEGV", re.I),
-     "a process of the run was killed (out of memory, or by hand): dmesg / the Ray worker logs say which"),
+    (re.compile(r"SIGKILL|killed|signal 9|exit code -9|SIGSEGV|ActorDiedError|died unexpectedly", re.I),
+     "a process of the run died or was killed (out of memory, by hand, a crash): dmesg and the Ray worker "
+     "logs say which"),
     (re.compile(r"reward|compute_score", re.I), "the reward function (reward.custom_reward_function.path / .name)"),
     (re.compile(r"/(datasets?|rl_dataset)\.py|parquet", re.I), "the data files (data.train_files / data.val_files)"),
     (re.compile(r"/transformers/models/|from_pretrained|config\.json"), "the model (actor_rollout_ref.model.path)"),

@@ -71,6 +71,9 @@ def test_only_symptoms_still_name_one_and_no_exception_names_none():
     ])
     cause = console.find_cause(died)
     assert cause.type == "ray.exceptions.ActorDiedError" and "killed" in cause.hint
+    bare = "Traceback (most recent call last):\n  File \"/x/base.py\", line 56, in get\n" \
+           "ray.exceptions.ActorDiedError: The actor died unexpectedly before finishing this task."
+    assert "died or was killed" in console.find_cause(bare).hint
     assert console.find_cause("step 1 done\nall good\n") is None
 
 
