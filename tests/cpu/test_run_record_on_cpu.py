@@ -202,3 +202,21 @@ def test_help_is_whole_and_quiet_doctor_claims_only_what_it_checked():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Ray" not in proc.stdout and "fresh interpreter" in proc.stdout, proc.stdout
     assert "Ray worker" in cli._ray_checked(type("A", (), {"address": None, "no_ray": False, "every_node": False}))
+
+
+def test_a_lab_summary_with_unmeasured_metrics_is_strict_json(tmp_path):
+    """A variant whose run reported only a reward: its held-out and KL summaries are NaN in memory, null on disk."""
+    from verl_stable.lab import report
+    from verl_stable.lab import variants as vt
+    from verl_stable.lab.setup import default_setup
+
+    variant = vt.grid(default_setup().cold_starts)[vt.QUICK_VARIANTS[0]]
+    report.write(tmp_path, [variant], {variant.name: [{"step": 1, "data": {"critic/score/mean": 0.5}}]},
+                 {"runs": [variant.name]})
+
+    def refuse(token):
+        raise ValueError(f"{token} in summary.json")
+
+    saved = json.loads((tmp_path / "summary.json").read_text(), parse_constant=refuse)
+    assert saved["null"] == NULL_MEANS and saved["variants"][variant.name]["heldout_last"] is None
+    json.loads((tmp_path / "plots" / "data.json").read_text(), parse_constant=refuse)
