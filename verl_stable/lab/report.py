@@ -45,7 +45,7 @@ PLOTS: tuple[Plot, ...] = (
     Plot("entropy.png", "Policy entropy", ("actor/entropy",), "entropy (nats)"),
     Plot(
         "train_infer_kl.png",
-        "Training-inference KL  D_KL[mu_old || pi_old]  (rollout_corr/k3_kl)",
+        "Training-inference KL: k3 estimate of D_KL[mu_old || pi_old]  (rollout_corr/k3_kl)",
         ("rollout_corr/k3_kl",),
         "k3 KL",
         log=True,
