@@ -10,7 +10,10 @@
 #   STEPS=5 ROLLOUT_QUANT=fp8 bash scripts/demo_cpu.sh             # FP8 rollout weights (bigger mismatch)
 #   bash scripts/demo_cpu.sh actor_rollout_ref.actor.ppo_mini_batch_size=2   # stale updates: 2 per step
 #   bash scripts/demo_cpu.sh trainer.use_v1=False                  # verl's legacy trainer loop
+#   bash scripts/demo_cpu.sh trainer.save_freq=1; STEPS=5 bash scripts/demo_cpu.sh trainer.save_freq=1   # resume 3 -> 5
 #
+# A rerun in the same RUN_DIR keeps everything: metrics.jsonl gains rows (marked run_started / resumed_from),
+# train.log and hydra/ move to train.1.log and hydra.1. Ctrl-C stops the run and its Ray processes (exit 130).
 # Env: RUN_DIR (default runs/cpu_demo), STEPS (3), ROLLOUT_QUANT ("" or fp8), LR (5e-3), PROMPTS per step (4,
 # x group size 8), VERBOSE=1 (stream verl's full output too), PY (python, default .venv/bin/python).
 set -euo pipefail

@@ -187,13 +187,25 @@ def _check_ray_cluster(expected: set[str], address: str, every_node: bool) -> in
     return failures
 
 
+def _summary() -> str:
+    """The module docstring's first paragraph, whole (its first line stops mid-sentence)."""
+    return " ".join(__doc__.split("\n\n")[0].split()).replace("``", "")
+
+
+def _ray_checked(args) -> str:
+    """What the quiet line may claim: only the Ray check that ran."""
+    if args.address:
+        return f" and on the Ray cluster at {args.address}" + (" (every node)" if args.every_node else "")
+    return "" if args.no_ray else " and in a Ray worker"
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["lab"]:  # the lab has its own parser (options + Hydra overrides)
         from verl_stable.lab.run import main as lab_main
 
         return lab_main(argv[1:])
-    parser = argparse.ArgumentParser(prog="verl-stable", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="verl-stable", description=_summary())
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("lab", help="the CPU lab: the paper's grid through verl's trainer, plots and a report", add_help=False)
     doc = sub.add_parser("doctor", help="check that the plugin loads here and in a Ray worker; non-zero on failure")
@@ -214,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.simplefilter("ignore")
             status = doctor(ray_worker=not args.no_ray, address=args.address, every_node=args.every_node)
         if status == 0:
-            print("[doctor] verl-stable plugin loads in a fresh interpreter and in a Ray worker: ok")
+            print(f"[doctor] verl-stable plugin loads in a fresh interpreter{_ray_checked(args)}: ok")
         else:
             print(buffer.getvalue(), end="")
         return status

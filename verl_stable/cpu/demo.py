@@ -21,6 +21,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import Optional
 
 from verl_stable import console
 from verl_stable.cpu import CPU_RAY_ENV, ROLLOUT_NAME
@@ -102,18 +103,95 @@ def parse_args(argv: list[str] | None = None):
     return args, overrides
 
 
+def _int_or_none(value):
+    try:
+        return int(str(value))
+    except (TypeError, ValueError):  # null, "three", 1.5: the config check names the key
+        return None
+
+
+def checkpointed_step(overrides: list[str], cwd: Path) -> tuple[Optional[int], Optional[Path]]:
+    """The step verl will resume from, read the way verl 0.9.1 does (``trainer.resume_mode``: ``auto`` reads
+    ``latest_checkpointed_iteration.txt`` under ``trainer.default_local_dir`` and needs its ``global_step_N``
+    folder; ``resume_path`` takes N from ``trainer.resume_from_path``; ``disable`` starts from scratch)."""
+    mode = str(_override_value(overrides, "trainer.resume_mode") or "auto")
+    if mode == "disable":
+        return None, None
+    if mode == "resume_path":
+        path = _override_value(overrides, "trainer.resume_from_path")
+        if not path or "global_step_" not in path:
+            return None, None
+        folder = (cwd / path).resolve()
+        return _int_or_none(folder.name.split("global_step_")[-1]), folder
+    root = _override_value(overrides, "trainer.default_local_dir")
+    if not root:
+        return None, None
+    root = (cwd / root).resolve()
+    tracker = root / "latest_checkpointed_iteration.txt"
+    step = _int_or_none(tracker.read_text().strip()) if tracker.is_file() else None
+    if step is None or not (root / f"global_step_{step}").is_dir():
+        return None, None
+    return step, root / f"global_step_{step}"
+
+
+def _hydra_errors() -> tuple[type, ...]:
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    return HydraException, OmegaConfBaseException
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return text if len(text) < 400 else text[:397] + "..."
+
+
+class _Phase:
+    """What the demo is doing, for the one line a Ctrl-C prints."""
+
+    now = "checking the config"
+
+
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # the launch (if any) is already stopped by console.run_logged, its Ray processes with it
+        print(f"\n[demo] interrupted (Ctrl-C) while {_Phase.now}; stopped, nothing of the run left running",
+              file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None = None) -> int:
     args, user = parse_args(argv)
     run_dir = Path(args.run_dir).expanduser().resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
     metrics, log = run_dir / "metrics.jsonl", run_dir / "train.log"
+    # verl's file logger truncates its file at every start: it writes this run's rows here, the demo appends
+    # them to metrics.jsonl, which keeps every run's rows
+    verl_metrics = run_dir / "verl_metrics.jsonl"
     preset = [] if _override_value(user, "algorithm") else ["algorithm=minirl"]
-    overrides = [
-        *preset,
-        *cpu_overrides(run_dir, steps=args.steps, lr=args.lr, prompts_per_step=args.prompts,
-                       group_size=GROUP_SIZE, quantization=args.quantization),
-        *user,
+    logger_key = "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_FILE_LOGGER_PATH="
+    cpu = [
+        f"{logger_key}{verl_metrics}" if item.startswith(logger_key) else item
+        for item in cpu_overrides(run_dir, steps=args.steps, lr=args.lr, prompts_per_step=args.prompts,
+                                  group_size=GROUP_SIZE, quantization=args.quantization)
     ]
+    # a Ray instance of the run's own (address=local): ray.init() would join a `ray start` cluster running on this
+    # machine (and refuse the CPU settings' num_cpus), and stopping the run must not touch anyone else's Ray
+    own_ray = [] if _override_value(user, "ray_kwargs.ray_init.address") else ["+ray_kwargs.ray_init.address=local"]
+    overrides = [*preset, *cpu, *own_ray, *user]
+    total = _int_or_none(_override_value(overrides, "trainer.total_training_steps") or args.steps)
+
+    # A rerun whose checkpoint already reaches the requested steps would train nothing: say so, touch nothing.
+    resume_from, folder = checkpointed_step(overrides, run_dir)
+    if resume_from is not None and total is not None and resume_from >= total:
+        print(f"[demo] nothing to do: the checkpoint {folder} is at step {resume_from}, and "
+              f"trainer.total_training_steps={total}. Ask for more steps (STEPS / --steps / "
+              f"trainer.total_training_steps) to resume from it, or trainer.resume_mode=disable to start over.")
+        print(f"[demo] earlier runs' metrics: {metrics}")
+        return 0
+
+    run_dir.mkdir(parents=True, exist_ok=True)
 
     from transformers.utils import logging as hf_logging
 
@@ -131,13 +209,17 @@ def main(argv: list[str] | None = None) -> int:
                      and not (own_model / "config.json").exists())
     checks = tuple(c for c in validation.CHECKS if not (model_pending and c is validation.check_model))
     # importing verl here logs its platform choice and warns about optional engines: not for the console
-    with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        error = validation.validate_overrides(overrides, checks=checks)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            error = validation.validate_overrides(overrides, checks=checks)
+    except _hydra_errors() as exc:  # a typo'd key, a bad override: Hydra's own message, not its traceback
+        print(f"verl-stable: refused before start-up, Hydra could not compose the config: {_one_line(exc)}",
+              file=sys.stderr)
+        return validation.EXIT_CONFIG_ERROR
     if error is not None:
         validation.report(error)
         return validation.EXIT_CONFIG_ERROR
-    total = _int_or(_override_value(overrides, "trainer.total_training_steps"), args.steps)
     trainer = "legacy loop" if str(_override_value(user, "trainer.use_v1")).lower() == "false" else "v1 trainer"
     print(f"[demo] python -m verl_stable.main {' '.join(preset + user) or 'algorithm=minirl'}  (+ CPU settings)")
     print(f"[demo] tiny Qwen3-MoE (2 layers, 4 experts, top-2), addition, {args.prompts} prompts x {GROUP_SIZE} "
@@ -145,32 +227,63 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[demo] run dir {run_dir}: train.log (verl's full output), metrics.jsonl, checkpoints/, hydra/")
     print("[demo] stale updates: actor_rollout_ref.actor.ppo_mini_batch_size=2 (2 updates per step); "
           "full output on screen: VERBOSE=1")
+    _Phase.now = "building the model"
     _build_model_once(run_dir / "model", build_model_dir)
-    metrics.unlink(missing_ok=True)
 
+    # Nothing an earlier run wrote is lost: its log and verl's raw metrics move to train.1.log, ...
+    kept = [console.rotate(path) for path in (log, verl_metrics)]
+    hydra_kept = console.rotate(run_dir / "hydra") if (run_dir / "hydra").exists() else None
+    started = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    fields = {"run_started": started, **({"resumed_from": resume_from} if resume_from is not None else {})}
+    expected = None if total is None else total - (resume_from or 0)
+    if resume_from is not None:
+        print(f"[demo] resuming from the checkpoint at step {resume_from} ({folder}): steps {resume_from + 1} to "
+              f"{total}; earlier rows stay in metrics.jsonl")
+    if kept[0] is not None:
+        print(f"[demo] the earlier run's log is kept as {kept[0].name}"
+              + (f", its Hydra dir as {hydra_kept.name}" if hydra_kept else ""))
+
+    _Phase.now = "starting Ray and verl's trainer"
     start = time.monotonic()
     rows: list[dict] = []
 
     def on_row(row: dict) -> None:
+        _Phase.now = f"training (after step {row.get('step')})"
         rows.append(row)
+        try:
+            console.append_rows(metrics, [row], **fields)
+        except OSError as exc:  # disk full, or the run dir deleted: keep going, say it at the end
+            fields.setdefault("_lost", f"{type(exc).__name__}: {exc}")
         print(f"[demo] {console.step_line(row, total)}", flush=True)
 
     rc = console.run_logged(
         [sys.executable, "-m", "verl_stable.main", *overrides],
-        log_path=log, metrics_path=metrics, on_row=on_row, env=_env(run_dir, metrics), cwd=run_dir,
+        log_path=log, metrics_path=verl_metrics, on_row=on_row, env=_env(run_dir, verl_metrics), cwd=run_dir,
         verbose=args.verbose,
     )
     elapsed = time.monotonic() - start
+    if not run_dir.exists():
+        print(f"[demo] the run directory {run_dir} was deleted while the run was going (exit {rc} after "
+              f"{elapsed:.0f} s, {len(rows)} step(s) seen): its log, metrics and checkpoints are gone",
+              file=sys.stderr)
+        return rc or 1
+    if "_lost" in fields:
+        print(f"[demo] could not append to {metrics}: {fields['_lost']}", file=sys.stderr)
     if rc != 0:
-        print(f"[demo] failed after {elapsed:.0f} s (exit {rc}):", file=sys.stderr)
+        print(f"[demo] failed after {elapsed:.0f} s (exit {rc}), {len(rows)} step(s) done:", file=sys.stderr)
         for line in console.last_error(log):
             print(f"  {line}", file=sys.stderr)
-        print(f"[demo] full log: {log}", file=sys.stderr)
+        ckpt_root = _override_value(overrides, "trainer.default_local_dir")
+        for disk in console.full_disks([run_dir, *([run_dir / ckpt_root] if ckpt_root else [])]):
+            print(f"  the disk is full: {disk}", file=sys.stderr)
+        print(f"[demo] full log: {log}" + (f"; the steps done are in {metrics}" if rows else ""), file=sys.stderr)
         return rc
-    if len(rows) < total:
-        print(f"[demo] verl exited after {len(rows)} of {total} steps; full log: {log}", file=sys.stderr)
+    if expected is not None and len(rows) < expected:
+        print(f"[demo] verl exited after {len(rows)} of the {expected} step(s) asked for; full log: {log}",
+              file=sys.stderr)
         return 1
-    print(f"[demo] done: {len(rows)} steps in {elapsed:.0f} s")
+    what = f"resumed at step {resume_from}, trained to step {total}" if resume_from is not None else "done"
+    print(f"[demo] {what}: {len(rows)} steps in {elapsed:.0f} s")
     print(console.summary_table(rows))
     print(f"[demo] metrics: {metrics}   log: {log}")
     return 0

@@ -45,7 +45,7 @@ PLOTS: tuple[Plot, ...] = (
     Plot("entropy.png", "Policy entropy", ("actor/entropy",), "entropy (nats)"),
     Plot(
         "train_infer_kl.png",
-        "Training-inference KL  D_KL[mu_old || pi_old]  (rollout_corr/k3_kl)",
+        "Training-inference KL: k3 estimate of D_KL[mu_old || pi_old]  (rollout_corr/k3_kl)",
         ("rollout_corr/k3_kl",),
         "k3 KL",
         log=True,
@@ -439,7 +439,7 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]
     fig.savefig(plots / "route_agreement.png", dpi=100)
     plt.close(fig)
     written.append(plots / "route_agreement.png")
-    (plots / "data.json").write_text(json.dumps(plotted, indent=1))
+    (plots / "data.json").write_text(json.dumps(finite_or_null(plotted), indent=1, allow_nan=False))
     return written
 
 
@@ -541,6 +541,20 @@ def render(
     return "\n".join(lines)
 
 
+NULL_MEANS = "null: not measured (the run reported no such metric) or not finite (NaN/inf, which JSON cannot hold)"
+
+
+def finite_or_null(value):
+    """``value`` with every NaN/inf float replaced by None (JSON's null), in dicts, lists and tuples."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
 def write(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]], meta: Mapping) -> Path:
     """Plots under ``out/plots``, ``out/summary.json`` and ``out/report.md``; returns the report's path."""
     out = Path(out)
@@ -550,13 +564,17 @@ def write(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict
     plots = draw(out, chosen, runs)
     (out / "summary.json").write_text(
         json.dumps(
-            {
-                "meta": meta,
-                "variants": {k: vars(v) for k, v in summaries.items()},
-                "findings": [vars(f) for f in found],
-            },
+            finite_or_null(
+                {
+                    "null": NULL_MEANS,
+                    "meta": meta,
+                    "variants": {k: vars(v) for k, v in summaries.items()},
+                    "findings": [vars(f) for f in found],
+                }
+            ),
             indent=2,
             default=str,
+            allow_nan=False,  # a bare NaN is not JSON: jq, JavaScript and strict parsers refuse the file
         )
     )
     path = out / "report.md"

@@ -169,7 +169,9 @@ def run_variant(
     """One ``python -m verl_stable.main`` run; one console line per step (``[lab] 2/5 minirl step 3/8 ...``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     metrics, log = run_dir / "metrics.jsonl", run_dir / "train.log"
-    metrics.unlink(missing_ok=True)
+    # verl's file logger truncates its file: an earlier run's metrics and log move to metrics.1.jsonl, train.1.log
+    console.rotate(metrics)
+    console.rotate(log)
     cmd = [sys.executable, "-m", "verl_stable.main", *overrides]
     (run_dir / "command.txt").write_text("python -m verl_stable.main \\\n    " + " \\\n    ".join(overrides) + "\n")
     start = time.monotonic()
@@ -386,4 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:  # a bad --variants / --mismatch / size: one line, no traceback
         print(f"verl-stable lab: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # the running variant is already stopped, its Ray processes with it
+        print("\n[lab] interrupted (Ctrl-C); stopped, nothing of the run left running", file=sys.stderr)
+        return 130
     return 0
