@@ -56,14 +56,6 @@ def _override_value(overrides: list[str], key: str):
     return None
 
 
-def _int_or(text, default: int) -> int:
-    """The step count for the console; with the check skipped (VERL_STABLE_SKIP_VALIDATION) it may be anything."""
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return default
-
-
 def _build_model_once(model_dir: Path, build) -> None:
     """The seeded tiny model is the same every time: build it once per run directory (a marker says how)."""
     marker = model_dir / "verl_stable_build.txt"
