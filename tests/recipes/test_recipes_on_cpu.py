@@ -23,25 +23,6 @@ PAPER_CELLS = {
 ALL = recipes.all_recipes()
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Stand-in math data in the schema prepare_math_data.py writes: a data source verl's default scorer takes,
-    and a full step of prompts (the pre-launch check refuses files that fall short of either)."""
-    import importlib.util
-
-    import pandas as pd
-
-    spec = importlib.util.spec_from_file_location("prep", recipes.RECIPES_DIR / "prepare_math_data.py")
-    prep = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prep)
-    root = tmp_path_factory.mktemp("recipe_data")
-    for split, n in (("train", 1024), ("val", 4)):
-        rows = [{"problem": f"{i} + 1 = ?", "answer": str(i + 1)} for i in range(n)]
-        pd.DataFrame(prep.to_verl_rows(rows, "problem", "answer", "math_dapo", split)).to_parquet(
-            root / f"{split}.parquet")
-    return [f"data.train_files={root / 'train.parquet'}", f"data.val_files={root / 'val.parquet'}"]
-
-
 def test_the_grid_has_every_paper_cell_on_both_backends():
     cells = recipes.grid_cells()
     found = {(c["algorithm"], c["routing_replay"], int(c["offpolicy"][1:])) for c in cells.values()}
