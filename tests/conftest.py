@@ -29,3 +29,15 @@ def minirl_actor_config():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A CPU run directory the pre-launch check accepts: the tiny MoE in ``model/`` (no SFT) and addition data in
+    ``data/``, as ``verl_stable.cpu.overrides --run-dir`` expects them."""
+    from verl_stable.tasks.addition import build_dataset, build_model_dir
+
+    root = tmp_path_factory.mktemp("run_dir")
+    build_model_dir(root / "model", seed=0, format_sft_steps=0)
+    build_dataset(root / "data", n_train=8, n_val=4, seed=0)
+    return root

@@ -33,16 +33,6 @@ CORR = "algorithm.rollout_correction"
 MODEL = "actor_rollout_ref.model.path"
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from verl_stable.tasks.addition import build_dataset, build_model_dir
-
-    root = tmp_path_factory.mktemp("fail_closed")
-    build_model_dir(root / "model", seed=0, format_sft_steps=0)
-    build_dataset(root / "data", n_train=8, n_val=4, seed=0)
-    return root
-
-
 @pytest.fixture(autouse=True)
 def _no_skip(monkeypatch):
     monkeypatch.delenv(SKIP_ENV, raising=False)

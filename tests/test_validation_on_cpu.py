@@ -22,16 +22,6 @@ CORR = "algorithm.rollout_correction"
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    from verl_stable.tasks.addition import build_dataset, build_model_dir
-
-    root = tmp_path_factory.mktemp("validation")
-    build_model_dir(root / "model", seed=0, format_sft_steps=0)
-    build_dataset(root / "data", n_train=8, n_val=4, seed=0)
-    return root
-
-
-@pytest.fixture(scope="module")
 def dense_model(tmp_path_factory):
     from transformers import Qwen2Config
 
