@@ -2,7 +2,7 @@
 
 Prints bytes/token for the Qwen3-30B-A3B shape (48 MoE layers, top-8, 128 experts; goal <= 384); the routes
 on the wire (``--wire``): a rollout batch through verl 0.9.1's own ``AgentLoopOutput.as_dict`` (int16) and
-through it with ``verl_stable.routing.wire`` (uint8) -- bytes/token, the batch's host memory and pickled
+through it with ``verl_stable.integration.agent_loop`` (uint8) -- bytes/token, the batch's host memory and pickled
 (Ray / TransferQueue) size, the padding time as a ratio, plus a 7-bit packed form's pack/unpack cost as a
 ratio to a plain copy; and the of the pad -> packed re-layout (``routing.pack``: verl's unpad order, then a row gather) as a
 fraction of a plain memory copy of the same bytes in the same run (goal >= 25%): against a copy into new
@@ -58,10 +58,10 @@ def _median_time(fn, reps: int) -> float:
 def wire(samples: int, seq: int, reps: int) -> None:
     """A rollout batch of Qwen3-30B-A3B routes from the server's arrays to the trainer's batch tensor, through
     verl 0.9.1's own AgentLoopOutput.as_dict (int16, the v1 trainer's path; the legacy path widens the same
-    way) and through it with verl_stable.routing.wire (uint8)."""
+    way) and through it with verl_stable.integration.agent_loop (uint8)."""
     from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-    from verl_stable.routing import wire as wire_mod
+    from verl_stable.integration import agent_loop as wire_mod
 
     wire_mod.install()
     ours = AgentLoopOutput.as_dict

@@ -20,4 +20,4 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 PY="${PY:-$ROOT/.venv/bin/python}"
-exec "$PY" -m verl_stable.cpu.demo "$@"
+exec "$PY" -m verl_stable.apps.demo "$@"

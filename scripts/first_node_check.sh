@@ -6,7 +6,7 @@
 #   VERL_PLATFORM=cpu scripts/first_node_check.sh      # the CPU recipe (tiny MoE, hf_cpu rollout): the GPU-only checks SKIP
 #
 # Options: --run-dir DIR (logs + metrics, default runs/first_node), --steps N (3), --backend fsdp|megatron, --verbose.
-# The checks and how they read verl's metrics: verl_stable/first_node.py. PYTHON: interpreter with verl-stable
+# The checks and how they read verl's metrics: verl_stable/apps/first_node.py. PYTHON: interpreter with verl-stable
 # (default: the repo's .venv if there, else python3).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,4 +18,4 @@ if [ "${VERL_PLATFORM:-}" != cpu ] && ! command -v nvidia-smi >/dev/null 2>&1; t
     exit 2
 fi
 cd "$ROOT"
-exec "$PYTHON" -m verl_stable.first_node "$@"
+exec "$PYTHON" -m verl_stable.apps.first_node "$@"

@@ -347,7 +347,7 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
                 exclude=("fsdp_plugin.py", "wire.py", "vllm_capture.py"),
                 rename=(("fsdp.py", "../../workers/engine/fsdp/router_replay.py"),),
             ),
-            Copy("verl_stable/diagnostics.py", "verl/utils/routing_replay/diagnostics.py"),
+            Copy("verl_stable/routing/agreement.py", "verl/utils/routing_replay/diagnostics.py"),
             # the pointer to the plugin-only registration module
             DropSection(
                 "verl/workers/engine/fsdp/router_replay.py",
@@ -476,7 +476,7 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
 _CONFTEST_PLUGIN_LINES = (
     "import verl  # noqa: F401  (loads verl_stable.plugin: the CPU platform)",
     "from verl_stable.cpu import activate_if_requested",
-    "from verl_stable.routing.fsdp_plugin import register_replay_engines",
+    "from verl_stable.integration.fsdp_engine import register_replay_engines",
     "activate_if_requested()",
     "register_replay_engines()  # idempotent: the plugin did it when the CPU backend imported verl's FSDP engine",
 )

@@ -34,7 +34,7 @@ def _deterministic():
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """A CPU run directory the pre-launch check accepts: the tiny MoE in ``model/`` (no SFT) and addition data in
-    ``data/``, as ``verl_stable.cpu.overrides --run-dir`` expects them."""
+    ``data/``, as ``verl_stable.apps.cpu_overrides --run-dir`` expects them."""
     from verl_stable.tasks.addition import build_dataset, build_model_dir
 
     root = tmp_path_factory.mktemp("run_dir")

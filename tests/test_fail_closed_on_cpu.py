@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 
 from verl_stable import validation
-from verl_stable.cpu.overrides import cpu_overrides
+from verl_stable.apps.cpu_overrides import cpu_overrides
 from verl_stable.validation import (
     EXIT_CONFIG_ERROR,
     SKIP_ENV,
@@ -365,7 +365,7 @@ def test_a_fault_injected_into_a_check_refuses_the_real_launch(run_dir, tmp_path
 @pytest.mark.parametrize("override", ["trainer.n_gpus_per_node=0", "trainer.total_training_steps=three",
                                       "trainer.total_training_steps=1.5"])
 def test_the_demo_refuses_what_used_to_crash_its_arithmetic(tmp_path, override):
-    proc = _launch([sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(tmp_path / "run"), override],
+    proc = _launch([sys.executable, "-m", "verl_stable.apps.demo", "--run-dir", str(tmp_path / "run"), override],
                    tmp_path)
     out = proc.stdout + proc.stderr
     assert proc.returncode == EXIT_CONFIG_ERROR, out[-3000:]
@@ -374,8 +374,8 @@ def test_the_demo_refuses_what_used_to_crash_its_arithmetic(tmp_path, override):
 
 
 def test_the_demos_step_count_reads_anything_once_the_check_is_skipped():
-    from verl_stable import console
-    from verl_stable.cpu.demo import _int_or_none
+    from verl_stable.apps import console
+    from verl_stable.apps.demo import _int_or_none
 
     # with VERL_STABLE_SKIP_VALIDATION=1 nothing refused these: the demo counts no total instead of crashing
     assert [_int_or_none(v) for v in ("null", "three", "1.5", None, "4")] == [None, None, None, None, 4]

@@ -50,13 +50,13 @@ def test_without_a_preset_it_is_plain_verl():
     that adds R3's max_unrouted_fraction."""
     from verl.workers.config import EngineRouterReplayConfig
 
-    from verl_stable.routing.fsdp_plugin import RouterReplayConfig
+    from verl_stable.integration.fsdp_engine import RouterReplayConfig
 
     ours = OmegaConf.to_container(compose(), resolve=False)
     ours.pop("hydra", None)
     replay = ours["actor_rollout_ref"]["actor"]["fsdp_config"].pop("router_replay")
     assert replay == {
-        "_target_": "verl_stable.routing.fsdp_plugin.RouterReplayConfig",
+        "_target_": "verl_stable.integration.fsdp_engine.RouterReplayConfig",
         "mode": "disabled",
         "max_unrouted_fraction": 0.0,
     }

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from verl_stable.cpu.overrides import cpu_overrides
+from verl_stable.apps.cpu_overrides import cpu_overrides
 from verl_stable.validation import ConfigError, EXIT_CONFIG_ERROR, compose_trainer_config, validate_trainer_config
 
 PRESETS = ("minirl", "minirl_no_is", "minirl_length_norm", "minirl_no_clip", "seq_is")
@@ -152,7 +152,7 @@ def test_r3_tolerance_survives_verls_dataclass_conversion(run_dir):
     """R3's coverage tolerance is set without '+', validated, and reaches the FSDP engine's config object."""
     from verl.utils.config import omega_conf_to_dataclass
 
-    from verl_stable.routing.fsdp_plugin import RouterReplayConfig
+    from verl_stable.integration.fsdp_engine import RouterReplayConfig
 
     config = _validate(run_dir, "routing_replay=R3", f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction=0.05")
     actor = omega_conf_to_dataclass(config.actor_rollout_ref.actor)
@@ -198,12 +198,12 @@ def test_launchers_refuse_before_ray_with_exit_2(run_dir, tmp_path, entry):
 
 def test_demo_refuses_bad_demo_settings_in_its_own_words(tmp_path):
     for env, needle in (({"STEPS": "0"}, "STEPS must be >= 1"), ({"ROLLOUT_QUANT": "int5"}, "ROLLOUT_QUANT='int5'")):
-        proc, _ = _launch([sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(tmp_path)], tmp_path, env)
+        proc, _ = _launch([sys.executable, "-m", "verl_stable.apps.demo", "--run-dir", str(tmp_path)], tmp_path, env)
         assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
 
 
 def test_demo_reports_a_refused_config_in_a_few_lines(tmp_path):
-    proc, _ = _launch([sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(tmp_path / "run"),
+    proc, _ = _launch([sys.executable, "-m", "verl_stable.apps.demo", "--run-dir", str(tmp_path / "run"),
                        "algorithm=minirl_length_norm", f"{ACTOR}.loss_agg_mode=token-mean"], tmp_path)
     assert proc.returncode == EXIT_CONFIG_ERROR, proc.stdout + proc.stderr
     assert f"{ACTOR}.loss_agg_mode=token-mean" in proc.stderr

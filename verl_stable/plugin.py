@@ -20,12 +20,12 @@ _activate_cpu()
 # actor_rollout_ref.actor.fsdp_config.router_replay.mode is R2/R3): registered in verl's EngineRegistry right
 # after verl's FSDP engine module is imported, in the processes that build an engine. Not here: importing the
 # engine package at `import verl` costs ~1.5 s per process and fixes verl's platform before platform plugins
-# loaded after this one register theirs (verl_stable.routing.fsdp_plugin, shims 1-2).
-from verl_stable._post_import import after_import as _after_import  # noqa: E402
+# loaded after this one register theirs (verl_stable.integration.fsdp_engine, shims 1-2).
+from verl_stable.integration._post_import import after_import as _after_import  # noqa: E402
 
 
 def _register_fsdp_routing_replay(_module) -> None:
-    from verl_stable.routing.fsdp_plugin import register_replay_engines
+    from verl_stable.integration.fsdp_engine import register_replay_engines
 
     register_replay_engines()
 
@@ -34,10 +34,10 @@ _after_import("verl.workers.engine.fsdp.transformer_impl", _register_fsdp_routin
 
 
 # R3 with SGLang / vLLM: verl's replica loaders for those names wrapped so their servers hand the agent loop
-# decoded, compact routes (verl_stable.rollout). Registered when verl imports its replica registry; the engine
+# decoded, compact routes (verl_stable.integration.rollout). Registered when verl imports its replica registry; the engine
 # packages themselves are imported only when verl asks for the replica, and only installed ones are wrapped.
 def _register_route_returning_replicas(_module) -> None:
-    from verl_stable.rollout import register_route_returning_replicas
+    from verl_stable.integration.rollout import register_route_returning_replicas
 
     register_route_returning_replicas()
 
@@ -46,9 +46,9 @@ _after_import("verl.workers.rollout.replica", _register_route_returning_replicas
 
 
 # Routed experts stay in their compact dtype (uint8 / uint16) through verl's agent loop on both trainer paths
-# (verl_stable.routing.wire: two version-checked wrappers, installed when the agent loop module is imported).
+# (verl_stable.integration.agent_loop: two version-checked wrappers, installed when the agent loop module is imported).
 def _compact_routes_on_the_wire(module) -> None:
-    from verl_stable.routing.wire import install
+    from verl_stable.integration.agent_loop import install
 
     install(module)
 

@@ -1,4 +1,4 @@
-"""Every documented preset runs one step through the demo path (``python -m verl_stable.cpu.demo``, what
+"""Every documented preset runs one step through the demo path (``python -m verl_stable.apps.demo``, what
 scripts/demo_cpu.sh and the main job run): verl's v1 trainer, the hf_cpu rollout, the FSDP2 engine. The
 console stays short, verl's output goes to the run's log, and nothing is written outside the run directory."""
 
@@ -12,7 +12,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from verl_stable.console import read_metrics
+from verl_stable.apps.console import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_preset_runs_one_step_through_the_demo(tmp_path, preset):
     env = {**os.environ, "STEPS": "1"}
     env.pop("VERBOSE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(run), f"algorithm={preset}"],
+        [sys.executable, "-m", "verl_stable.apps.demo", "--run-dir", str(run), f"algorithm={preset}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600,
     )
     console = proc.stdout + proc.stderr
@@ -52,7 +52,7 @@ def test_preset_runs_one_step_through_the_demo(tmp_path, preset):
 
 def test_verls_own_launcher_runs_our_config_with_a_replay_switch(tmp_path, tiny_assets):
     """verl's main_ppo pointed at our config package, as the README documents, with routing_replay=R2."""
-    from verl_stable.cpu.overrides import cpu_overrides
+    from verl_stable.apps.cpu_overrides import cpu_overrides
 
     run = tmp_path / "run"
     run.mkdir()

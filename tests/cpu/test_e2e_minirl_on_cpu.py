@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from verl_stable.console import read_metrics
-from verl_stable.cpu.overrides import cpu_overrides
+from verl_stable.apps.console import read_metrics
+from verl_stable.apps.cpu_overrides import cpu_overrides
 
 STEPS = 2
 

@@ -76,7 +76,7 @@ def test_a_verl_version_it_was_not_built_for_is_a_clear_error():
 
 
 def test_the_cpu_settings_reach_ray_workers_through_runtime_env():
-    from verl_stable.cpu.overrides import cpu_overrides
+    from verl_stable.apps.cpu_overrides import cpu_overrides
 
     overrides = cpu_overrides("/tmp/run")
     assert "+ray_kwargs.ray_init.runtime_env.env_vars.VERL_PLATFORM=cpu" in overrides

@@ -1,4 +1,4 @@
-"""Faults injected into real CPU demo runs (``python -m verl_stable.cpu.demo``: verl's trainer, Ray, the tiny MoE).
+"""Faults injected into real CPU demo runs (``python -m verl_stable.apps.demo``: verl's trainer, Ray, the tiny MoE).
 Each test says what must survive the fault and checks it; every one checks that no process of the run is left.
 
 The run's processes are found the way the demo finds them: its process tree, remembered while it runs (never
@@ -18,7 +18,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from verl_stable.console import read_metrics
+from verl_stable.apps.console import read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +31,7 @@ class Demo:
         env.pop("VERBOSE", None)
         self.run = run
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(run), *args],
+            [sys.executable, "-m", "verl_stable.apps.demo", "--run-dir", str(run), *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )
         self.seen: dict[int, tuple[float, str]] = {}

@@ -14,8 +14,8 @@ import sys
 from pathlib import Path
 
 
-from verl_stable import console
-from verl_stable.cpu.demo import checkpointed_step
+from verl_stable.apps import console
+from verl_stable.apps.demo import checkpointed_step
 from verl_stable.lab.report import NULL_MEANS, finite_or_null
 
 LOGS = Path(__file__).parent / "logs"
@@ -160,7 +160,7 @@ def test_a_rerun_at_the_checkpoint_says_so_and_touches_nothing(tmp_path):
     (run / "metrics.jsonl").write_text('{"step": 1, "data": {}}\n{"step": 2, "data": {}}\n')
     (run / "train.log").write_text("the earlier run\n")
     before = {p: (p.stat().st_mtime_ns, p.stat().st_size) for p in run.rglob("*")}
-    proc = subprocess.run([sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(run), "--steps", "2"],
+    proc = subprocess.run([sys.executable, "-m", "verl_stable.apps.demo", "--run-dir", str(run), "--steps", "2"],
                           capture_output=True, text=True, timeout=120, env={**os.environ, "VERBOSE": ""})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "nothing to do" in proc.stdout and "step 2" in proc.stdout
@@ -170,7 +170,7 @@ def test_a_rerun_at_the_checkpoint_says_so_and_touches_nothing(tmp_path):
 # -------------------------------------------------------------------------------------------------- small things
 def test_a_hydra_error_in_the_demo_is_one_line_and_exit_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_stable.cpu.demo", "--run-dir", str(tmp_path / "run"), "trainer.no_such_key=1"],
+        [sys.executable, "-m", "verl_stable.apps.demo", "--run-dir", str(tmp_path / "run"), "trainer.no_such_key=1"],
         capture_output=True, text=True, timeout=300, env={**os.environ, "VERBOSE": ""},
     )
     assert proc.returncode == 2, proc.stdout + proc.stderr

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_stable.console import read_metrics
+from verl_stable.apps.console import read_metrics
 from verl_stable.lab import model as lab_model
 from verl_stable.lab import report, variants
 

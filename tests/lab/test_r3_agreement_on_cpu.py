@@ -13,7 +13,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from verl_stable.cpu.hf_engine import GenerationRequest, HFInferenceEngine
-from verl_stable.diagnostics import count_agreement
+from verl_stable.routing.agreement import count_agreement
 from verl_stable.lab import model as lab_model
 from verl_stable.lab import task
 from verl_stable.routing import RoutingReplay

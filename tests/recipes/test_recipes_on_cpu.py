@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from verl_stable import recipes
+from verl_stable.apps import recipes
 from verl_stable.validation import compose_trainer_config, validate_trainer_config
 
 # The paper's grid (arXiv 2512.01374 §5, SPEC §4): (algorithm preset, routing replay, N gradient steps per rollout).
@@ -78,8 +78,8 @@ def test_variants_sglang_and_fp8_compose_and_validate(data):
 
 
 def test_cpu_recipe_is_the_main_jobs_settings(tmp_path, monkeypatch):
-    """recipes/cpu/tiny_moe.yaml and verl_stable/cpu/overrides.py (what the main job runs) compose the same run."""
-    from verl_stable.cpu.overrides import cpu_overrides
+    """recipes/cpu/tiny_moe.yaml and verl_stable/apps/cpu_overrides.py (what the main job runs) compose the same run."""
+    from verl_stable.apps.cpu_overrides import cpu_overrides
 
     monkeypatch.setenv("VERL_STABLE_RUN_DIR", str(tmp_path))
     from_recipe = recipes.compose(recipes.find("cpu_tiny_moe"))

@@ -12,8 +12,8 @@ import sys
 
 import pytest
 
-from verl_stable.console import read_metrics
-from verl_stable.cpu.overrides import cpu_overrides
+from verl_stable.apps.console import read_metrics
+from verl_stable.apps.cpu_overrides import cpu_overrides
 from verl_stable.data.math_sets import EVAL_SOURCES, build_sets, overrides
 
 VAL_N = 2

@@ -17,7 +17,7 @@ def test_decoded_output_is_what_verls_skip_tokenizer_init_branch_reads():
     """verl 0.9.1's SGLangHttpServer.generate (skip_tokenizer_init branch) does
     ``output.get("meta_info", {}).get("routed_experts", None).numpy()``: with the decoded output that is the
     compact numpy array the agent loop takes."""
-    from verl_stable.rollout import decode_sglang_output
+    from verl_stable.integration.rollout import decode_sglang_output
 
     host_rows, _ = sglang_routes_tensor(5, SPEC, seed=2)
     output = {"output_ids": [1, 2, 3], "meta_info": sglang_meta_info(host_rows, False)}
@@ -52,7 +52,7 @@ class _TokenizerManager:
 
 
 def test_tokenizer_manager_wrapper_decodes_the_stream_and_forwards_the_rest():
-    from verl_stable.rollout import RoutesDecodingTokenizerManager
+    from verl_stable.integration.rollout import RoutesDecodingTokenizerManager
 
     host_rows, _ = sglang_routes_tensor(6, SPEC, seed=4)
     manager = _TokenizerManager([{"output_ids": [7], "meta_info": sglang_meta_info(host_rows, True)}])
@@ -80,7 +80,7 @@ def replica_registry():
 
 
 def test_registration_wraps_only_installed_engines_and_runs_verls_loader_first(replica_registry):
-    from verl_stable.rollout import register_route_returning_replicas
+    from verl_stable.integration.rollout import register_route_returning_replicas
 
     verls = {name: replica_registry._registry[name] for name in ("sglang", "vllm")}
     # Neither engine is installed here: verl's loaders stay as they are.
@@ -105,7 +105,7 @@ def test_vllm_token_output_compacted():
     """verl's real TokenOutput with vLLM's int32 routes, as the vLLM server subclass returns it."""
     from verl.workers.rollout.replica import TokenOutput
 
-    from verl_stable.rollout import compact_token_output
+    from verl_stable.integration.rollout import compact_token_output
 
     host_rows, _ = sglang_routes_tensor(4, SPEC, seed=6)
     out = TokenOutput(token_ids=[1, 2], routed_experts=host_rows.numpy(), stop_reason="completed")
@@ -119,7 +119,7 @@ def test_generate_reads_verls_numpy_branch_with_the_rest_of_the_config_kept():
     (the other imports a module SGLang 0.5.12 moved); verl's frozen RolloutConfig is rebuilt, not mutated."""
     from verl.workers.config import RolloutConfig
 
-    from verl_stable.rollout import decoded_routes_config
+    from verl_stable.integration.rollout import decoded_routes_config
 
     config = RolloutConfig(name="sglang", skip_tokenizer_init=False, enable_rollout_routing_replay=True,
                            max_model_len=96, response_length=32)

@@ -1,4 +1,4 @@
-"""Routes stay compact through verl 0.9.1's agent loop (verl_stable.routing.wire): the padding verl does on each
+"""Routes stay compact through verl 0.9.1's agent loop (verl_stable.integration.agent_loop): the padding verl does on each
 trainer path, with and without the wrappers, on real verl code."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import asyncio
 import numpy as np
 import pytest
 import torch
-from verl_stable.routing.wire import align_routes, install, is_compact
+from verl_stable.integration.agent_loop import align_routes, install, is_compact
 
 LAYERS, TOP_K = 3, 2
 

@@ -17,7 +17,7 @@ def process_group():
 
     import verl  # noqa: F401  (loads verl_stable.plugin: the CPU platform)
     from verl_stable.cpu import activate_if_requested
-    from verl_stable.routing.fsdp_plugin import register_replay_engines
+    from verl_stable.integration.fsdp_engine import register_replay_engines
 
     activate_if_requested()
     register_replay_engines()  # idempotent: the plugin did it when the CPU backend imported verl's FSDP engine

@@ -33,7 +33,7 @@ def main() -> None:
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import no_padding_2_padding
 
-    from verl_stable.routing.fsdp_plugin import register_replay_engines
+    from verl_stable.integration.fsdp_engine import register_replay_engines
 
     register_replay_engines()  # idempotent: verl_stable.plugin registers when verl imports its FSDP engine
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 
 def _run(run_dir: Path, mode: str, steps: int = 2, extra: tuple[str, ...] = ()) -> list[dict]:
-    from verl_stable.cpu.overrides import cpu_overrides
+    from verl_stable.apps.cpu_overrides import cpu_overrides
 
     py = sys.executable
     subprocess.run([py, "-m", "verl_stable.tasks.addition", str(run_dir)], check=True, capture_output=True)
@@ -48,7 +48,7 @@ def test_r3_end_to_end(tmp_path, trainer):
     assert len(rows) == 2
     for m in rows:
         # The routes reached the engine as the rollout server sent them: uint8, one byte per expert id
-        # (verl 0.9.1's agent loop would widen them to int16: verl_stable.routing.wire keeps them compact).
+        # (verl 0.9.1's agent loop would widen them to int16: verl_stable.integration.agent_loop keeps them compact).
         assert m["actor/routing/old_pass/route_id_bytes"] == 1.0
         assert m["actor/routing/route_id_bytes"] == 1.0
         if trainer == "v1":  # verl computes the rollout MoE load-balance metrics in its v1 trainer only

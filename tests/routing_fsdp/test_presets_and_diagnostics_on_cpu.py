@@ -81,7 +81,7 @@ def _loop_agreement(native, replayed, valid):
 
 
 def test_agreement_counts_match_a_loop_and_merge_exactly():
-    from verl_stable.diagnostics import count_agreement
+    from verl_stable.routing.agreement import count_agreement
 
     g = torch.Generator().manual_seed(0)
     T, L, E, K = 40, 3, 6, 2
@@ -113,7 +113,7 @@ def test_agreement_counts_match_a_loop_and_merge_exactly():
 
 
 def test_metrics_without_comparable_tokens_are_nan_free():
-    from verl_stable.diagnostics import count_agreement
+    from verl_stable.routing.agreement import count_agreement
 
     x = torch.zeros(4, 2, 2, dtype=torch.long)
     m = count_agreement(x, x, torch.zeros(4, dtype=torch.bool)).to_metrics()

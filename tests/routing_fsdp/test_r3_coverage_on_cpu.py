@@ -62,7 +62,7 @@ def test_all_zero_rollout_routes_stop_r3_at_the_old_pass(process_group, tiny_moe
 def test_tolerated_all_zero_routes_run_natively_and_are_reported(process_group, tiny_moe_path):
     """With the tolerance at 1.0 the same batch runs: every token routed natively (the stock model's log-probs),
     and ``tokens_without_route`` says so."""
-    from verl_stable.routing.fsdp_plugin import RouterReplayConfig
+    from verl_stable.integration.fsdp_engine import RouterReplayConfig
 
     engine = make_engine(tiny_moe_path, mode="R3", use_remove_padding=True, use_dynamic_bsz=True,
                          router_replay=RouterReplayConfig(mode="R3", max_unrouted_fraction=1.0))

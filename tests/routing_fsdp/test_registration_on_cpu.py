@@ -55,7 +55,7 @@ def test_import_verl_alone_does_not_import_the_engine_package():
 
 
 def test_another_verl_release_registers_nothing_and_says_why(monkeypatch):
-    from verl_stable.routing import fsdp_plugin as fsdp
+    from verl_stable.integration import fsdp_engine as fsdp
 
     with pytest.raises(fsdp.UnsupportedVerlVersion, match=r"verl==0\.9\.1.*found verl==0\.8\.0"):
         fsdp._check_verl_version("0.8.0")
@@ -66,7 +66,7 @@ def test_another_verl_release_registers_nothing_and_says_why(monkeypatch):
 
 def test_an_engine_that_replays_natively_is_never_wrapped_again():
     """On a verl carrying the patch series, FSDPEngineWithLMHead already has the mixin (verl's own copy)."""
-    from verl_stable.routing.fsdp_plugin import replays_natively
+    from verl_stable.integration.fsdp_engine import replays_natively
 
     verls_mixin = type("RoutingReplayEngineMixin", (), {"__module__": "verl.workers.engine.fsdp.router_replay"})
     patched_engine = type("FSDPEngineWithLMHead", (verls_mixin,), {"__module__": "verl.workers.engine.fsdp"})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from verl_stable.first_node import (OLD_PASS_MISMATCH, OLD_PASS_UNROUTED, PEAK_MEMORY, UPDATE_AGREEMENT, RunResult,
+from verl_stable.apps.first_node import (OLD_PASS_MISMATCH, OLD_PASS_UNROUTED, PEAK_MEMORY, UPDATE_AGREEMENT, RunResult,
                                     memory_verdict, mismatch_verdict, routes_verdict, run_verdict)
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ verl's agent loop. Semantics follow vLLM where verl depends on them:
   token the model ran on — all prompt tokens and all response tokens but the last, exactly as vLLM's
   ``routed_experts`` — which is what verl's agent loop reads from ``TokenOutput.routed_experts``. The array
   is in the compact route dtype (uint8 up to 256 experts, uint16 above: ``routing.compact_dtype``) and
-  stays so on the wire to the training engine (:mod:`verl_stable.routing.wire`).
+  stays so on the wire to the training engine (:mod:`verl_stable.integration.agent_loop`).
 - precision: ``dtype`` is the compute dtype; ``quantization="fp8"`` round-trips the linear / expert
   weights through ``torch.float8_e4m3fn`` (per-tensor, per-expert scales) after every weight load, the way
   FP8 rollouts do, so the rollout policy mu_old genuinely differs from the trainer's pi_old.

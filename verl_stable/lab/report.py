@@ -585,7 +585,7 @@ def write(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict
 def rewrite(out: Path) -> Path:
     """Redraw the plots and rewrite the report of a finished lab run from what it saved (``summary.json``'s
     run list and meta, each ``runs/<variant>/metrics.jsonl``): ``python -m verl_stable.lab.report OUT``."""
-    from verl_stable.console import read_metrics
+    from verl_stable.apps.console import read_metrics
     from verl_stable.lab import variants as vt
     from verl_stable.lab.setup import default_setup
 

@@ -7,7 +7,7 @@
     python -m verl_stable.lab ...        # the same
 
 Each variant is one ``python -m verl_stable.main`` run -- the launcher a GPU user runs -- with the CPU
-settings (:func:`verl_stable.cpu.overrides.cpu_overrides`), the lab's base (seed, data, model, held-out
+settings (:func:`verl_stable.apps.cpu_overrides.cpu_overrides`), the lab's base (seed, data, model, held-out
 eval) and the variant's own presets and overrides (:mod:`verl_stable.lab.variants`). There is no second RL
 loop: the metrics are verl's, written by verl's file logger. Arguments that are not options are Hydra
 overrides added to every variant (they win).
@@ -25,9 +25,9 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from verl_stable import console
+from verl_stable.apps import console
 from verl_stable.cpu import CPU_RAY_ENV
-from verl_stable.cpu.overrides import cpu_overrides
+from verl_stable.apps.cpu_overrides import cpu_overrides
 from verl_stable.lab import variants as vt
 from verl_stable.lab.setup import LabSetup, default_setup
 

@@ -3,12 +3,12 @@ adapters (hf.py), the record/replay context bound to one model (replay.py), verl
 
 ``__all__`` is what users call; the adapters, the engine integration and the types the contexts yield live in
 their modules (``verl_stable.routing.hf``, ``.fsdp``, ``.replay``). Route agreement is computed in
-``verl_stable.diagnostics`` (``route_agreement`` is re-exported here).
+``verl_stable.routing.agreement`` (``route_agreement`` is re-exported here).
 
 Importing this package imports no transformers modeling code and installs nothing.
 """
 
-from verl_stable.diagnostics import route_agreement
+from verl_stable.routing.agreement import route_agreement
 from verl_stable.routing.hf import spec_from_config
 from verl_stable.routing.replay import RoutingReplay
 from verl_stable.routing.routes import (

@@ -40,12 +40,12 @@ Not replayed: the reference model (its engine has its own ``ref.fsdp_config`` wi
 LoRA "ref in actor" pass runs inside ``disable_adapter()``, which suspends replay here), critics (the value
 model engine is another registry entry, untouched).
 
-Metrics (:mod:`verl_stable.diagnostics`): per-layer agreement between each router's own top-k and the replayed
+Metrics (:mod:`verl_stable.routing.agreement`): per-layer agreement between each router's own top-k and the replayed
 experts, per update under ``routing/`` (verl's v1 trainer logs them as ``actor/routing/...``) and, for the
 π_old pass, under ``routing/old_pass/`` -- verl drops the π_old pass's metrics, so the engine hands them to
 the next update once.
 
-Registration in verl (a plugin-only concern, with the shims it needs): :mod:`verl_stable.routing.fsdp_plugin`.
+Registration in verl (a plugin-only concern, with the shims it needs): :mod:`verl_stable.integration.fsdp_engine`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from verl_stable.diagnostics import AgreementCounts
+from verl_stable.routing.agreement import AgreementCounts
 from verl_stable.routing.coverage import RouteCoverage, route_coverage
 from verl_stable.routing.routes import RouteSpec, Routes, model_input_rows, padded_mask, strip_model_input_pad
 

@@ -53,7 +53,7 @@ from typing import Any, Callable, Iterator, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from verl_stable.diagnostics import AgreementCounter, AgreementCounts
+from verl_stable.routing.agreement import AgreementCounter, AgreementCounts
 from verl_stable.routing.hf import RouterSite, find_routers, route_spec
 from verl_stable.routing.routes import RouteSpec, Routes, compact_dtype
 
@@ -171,7 +171,7 @@ class ReplayState:
     the backward runs through (the latest forward if no output of the model was seen).
 
     With ``track_agreement=True``, :meth:`agreement` reports how often the experts the model would have picked
-    itself equal the replayed ones (:class:`verl_stable.diagnostics.AgreementCounts`): the train-inference
+    itself equal the replayed ones (:class:`verl_stable.routing.agreement.AgreementCounts`): the train-inference
     route mismatch under R3, the drift since recording under R2."""
 
     def __init__(self, routes: Union[Routes, Sequence[Routes], None], spec: RouteSpec, track_agreement: bool):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_stable.recipes.models import ModelShape
+from verl_stable.apps.recipes.models import ModelShape
 
 GB = 1e9
 #: PyTorch's caching allocator holds more than it hands out (fragmentation, per-stream pools) and CUDA

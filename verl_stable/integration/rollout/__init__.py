@@ -43,8 +43,8 @@ __all__ = [
 
 #: rollout name -> module with the replica subclass (``Replica``), imported only by the registry's loader.
 ENGINES = {
-    "sglang": "verl_stable.rollout.sglang_server",
-    "vllm": "verl_stable.rollout.vllm_server",
+    "sglang": "verl_stable.integration.rollout.sglang_server",
+    "vllm": "verl_stable.integration.rollout.vllm_server",
 }
 #: the package each engine needs (registration is skipped where it is not installed)
 _ENGINE_PACKAGES = {"sglang": "sglang", "vllm": "vllm"}

@@ -6,7 +6,7 @@ from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from verl_stable.recipes.models import MODEL_PATH_KEY, OVERRIDE_KEY, config_file_for, model_shape
+from verl_stable.apps.recipes.models import MODEL_PATH_KEY, OVERRIDE_KEY, config_file_for, model_shape
 from verl_stable.validation import ConfigIssue, replay_mode
 
 ROLLOUT = "actor_rollout_ref.rollout"

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-MODELS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "models"
+MODELS_DIR = Path(__file__).resolve().parents[3] / "recipes" / "models"
 MODEL_PATH_KEY = "actor_rollout_ref.model.path"
 OVERRIDE_KEY = "actor_rollout_ref.model.override_config"
 

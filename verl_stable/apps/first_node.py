@@ -15,12 +15,12 @@ with the hf_cpu rollout) for ``--steps`` steps (3) each as ``minirl``, ``minirl`
   with. R3 replays the rollout's own routes: mismatch 0 by construction. R2 replays the routes of its π_old pass
   (the training engine at the same weights as the rollout), and those differ from the rollout's exactly where the
   π_old pass's native routing differs from them: R3's ``actor/routing/old_pass/tokens_mismatch_any_layer`` (the
-  fraction of tokens whose expert set differs in at least one MoE layer, verl_stable.diagnostics), averaged over
+  fraction of tokens whose expert set differs in at least one MoE layer, verl_stable.routing.agreement), averaged over
   the steps. PASS when that is above 0, i.e. R3 removes a route mismatch that R2 would train with. A run with no
   mismatch at all has nothing to show: SKIP on CPU (where it means the two engines' numerics agree; the CPU path
   rolls out in the hf_cpu rollout's int4 so that they do not), FAIL on GPU (vLLM and the training engine never
   route identically at scale; suspect routes that are not the rollout's).
-* ``memory-plan`` (GPU only): ``python -m verl_stable.recipes dry-run smoke --json``'s ``per_gpu_peak_gb``
+* ``memory-plan`` (GPU only): ``python -m verl_stable.apps.recipes dry-run smoke --json``'s ``per_gpu_peak_gb``
   against the largest ``actor/perf/max_memory_allocated_gb`` verl logged (the training engine's peak, from
   ``torch.cuda.max_memory_allocated``; the colocated vLLM engine's memory is its own process's and not in it).
   PASS when the measured peak is within the plan; the margin is printed.
@@ -40,9 +40,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence
 
-from verl_stable.console import last_error, read_metrics, run_logged, step_line
+from verl_stable.apps.console import last_error, read_metrics, run_logged, step_line
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: (variant, its overrides). The smoke recipe defaults to R3, so no-replay deletes the group; the CPU recipe has none.
 VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("minirl", ("algorithm=minirl", "~routing_replay")),
@@ -141,7 +141,7 @@ def memory_verdict(runs: Sequence[RunResult], plan_gb: Optional[float], plan_err
 
 def memory_plan(backend: str, python: str = sys.executable) -> tuple[Optional[float], str]:
     """``per_gpu_peak_gb`` of the smoke recipe's dry run, or None and why not."""
-    cmd = [python, "-m", "verl_stable.recipes", "dry-run", "smoke", "--backend", backend, "--json"]
+    cmd = [python, "-m", "verl_stable.apps.recipes", "dry-run", "smoke", "--backend", backend, "--json"]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT)
     for text in [p.stdout, *reversed(p.stdout.splitlines())]:
         try:

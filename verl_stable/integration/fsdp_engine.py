@@ -10,7 +10,7 @@ all of this module disappears: the mixin of :mod:`verl_stable.routing.fsdp` live
    model is not touched. Version check: verl == 0.9.1, else a warning and nothing is registered.
    Upstream: the mixin's code lives in ``FSDPEngineWithLMHead`` (patch ``[fsdp] feat: MoE router replay``)
    and this registration disappears.
-2. Import hook (``verl_stable/_post_import.py``, installed by ``verl_stable.plugin``): runs (1) right after
+2. Import hook (``verl_stable/integration/_post_import.py``, installed by ``verl_stable.plugin``): runs (1) right after
    verl executes ``verl.workers.engine.fsdp.transformer_impl``. Kept because registering needs the engine
    class, and importing verl's engine package from the plugin (at every ``import verl``) costs ~1.5 s per
    process on top of ~4.8 s for ``import verl`` (measured on the CPU dev box, engine package after

@@ -1,8 +1,8 @@
 """The CPU demo: ``python -m verl_stable.main`` through verl's real trainer on a tiny MoE, with a short console.
 
-    python -m verl_stable.cpu.demo                                   # algorithm=minirl, 3 steps
-    python -m verl_stable.cpu.demo algorithm=minirl_no_is routing_replay=R3
-    python -m verl_stable.cpu.demo --steps 5 --quantization fp8 actor_rollout_ref.actor.ppo_mini_batch_size=2
+    python -m verl_stable.apps.demo                                   # algorithm=minirl, 3 steps
+    python -m verl_stable.apps.demo algorithm=minirl_no_is routing_replay=R3
+    python -m verl_stable.apps.demo --steps 5 --quantization fp8 actor_rollout_ref.actor.ppo_mini_batch_size=2
 
 Arguments that are not options are Hydra overrides; they win over the CPU settings (which only say what
 CPU needs) and pick the preset (``algorithm=minirl`` unless one is given). The console shows a header, one
@@ -23,10 +23,10 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
-from verl_stable import console
+from verl_stable.apps import console
 from verl_stable.cpu import CPU_RAY_ENV, ROLLOUT_NAME
 from verl_stable.cpu.hf_engine import SUPPORTED_QUANTIZATION
-from verl_stable.cpu.overrides import cpu_overrides
+from verl_stable.apps.cpu_overrides import cpu_overrides
 
 GROUP_SIZE = 8
 
@@ -69,7 +69,7 @@ def _build_model_once(model_dir: Path, build) -> None:
 def parse_args(argv: list[str] | None = None):
     env = os.environ
     parser = argparse.ArgumentParser(
-        prog="python -m verl_stable.cpu.demo", description=__doc__.splitlines()[0],
+        prog="python -m verl_stable.apps.demo", description=__doc__.splitlines()[0],
         epilog="Other arguments are Hydra overrides for verl's trainer, e.g. algorithm=seq_is routing_replay=R3.",
     )
     parser.add_argument("--run-dir", default=env.get("RUN_DIR", "runs/cpu_demo"), help="where everything goes")

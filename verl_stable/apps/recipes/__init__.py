@@ -1,8 +1,8 @@
 """The recipes in ``recipes/``: the paper's grid as named cells, their launch lines, and what each one implies.
 
-    python -m verl_stable.recipes list                       # every recipe / cell with its launch line
-    python -m verl_stable.recipes overrides minirl_r3_n4 --backend megatron   # the Hydra arguments, one per line
-    python -m verl_stable.recipes dry-run minirl_r3_n4 --backend fsdp [overrides...]   # compose + validate + memory
+    python -m verl_stable.apps.recipes list                       # every recipe / cell with its launch line
+    python -m verl_stable.apps.recipes overrides minirl_r3_n4 --backend megatron   # the Hydra arguments, one per line
+    python -m verl_stable.apps.recipes dry-run minirl_r3_n4 --backend fsdp [overrides...]   # compose + validate + memory
 
 A recipe is a primary Hydra config under ``recipes/`` (composed on verl-stable's ``base/trainer``); a grid cell is
 a set of group choices on it (``recipes/qwen3_30b_a3b/grid.yaml``). Launch any of them with
@@ -18,9 +18,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_stable.recipes.checks import check_model_context, check_model_routes, check_sequence_parallel, recipe_issues
-from verl_stable.recipes.models import HUB_MODELS, MODELS_DIR, ModelShape, model_shape
-from verl_stable.recipes.plan import Plan, memory_plan
+from verl_stable.apps.recipes.checks import check_model_context, check_model_routes, check_sequence_parallel, recipe_issues
+from verl_stable.apps.recipes.models import HUB_MODELS, MODELS_DIR, ModelShape, model_shape
+from verl_stable.apps.recipes.plan import Plan, memory_plan
 
 #: The public names (tests and the first-node check import them from here).
 __all__ = ["RECIPES_DIR", "GRID_RECIPE", "BACKENDS", "Recipe", "grid_cells", "all_recipes", "find", "compose",
@@ -28,7 +28,7 @@ __all__ = ["RECIPES_DIR", "GRID_RECIPE", "BACKENDS", "Recipe", "grid_cells", "al
            "MODELS_DIR", "check_model_context", "check_model_routes", "check_sequence_parallel", "recipe_issues",
            "set_keys", "unknown_keys", "world_size", "readme_table", "dry_run", "main"]
 
-RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[3] / "recipes"
 GRID_RECIPE = "qwen3_30b_a3b"
 BACKENDS = ("fsdp", "megatron")
 
@@ -216,7 +216,7 @@ def readme_table(recipes_dir: Path = RECIPES_DIR) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m verl_stable.recipes", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m verl_stable.apps.recipes", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="every recipe with its launch line")
     sub.add_parser("table", help="the per-recipe memory / disk table of recipes/README.md")

@@ -1,6 +1,6 @@
 """verl's vLLM replica and server with R3 routes in the compact dtype.
 
-Imported only by the replica loader :func:`verl_stable.rollout.register_route_returning_replicas` wraps, i.e.
+Imported only by the replica loader :func:`verl_stable.integration.rollout.register_route_returning_replicas` wraps, i.e.
 where vllm is installed and verl asks for the ``vllm`` rollout. vLLM's ``CompletionOutput.routed_experts`` is
 numpy int32 ``[n, num_hidden_layers, top_k]``; verl 0.9.1 passes it on as is. This server hands the agent loop
 the same array in ``compact_dtype(num_experts)`` (uint8 up to 256 experts: a quarter of the bytes through
@@ -12,7 +12,7 @@ from __future__ import annotations
 import ray
 from verl.workers.rollout.vllm_rollout.vllm_async_server import vLLMHttpServer, vLLMReplica
 
-from verl_stable.rollout import compact_token_output, spec_for_server
+from verl_stable.integration.rollout import compact_token_output, spec_for_server
 
 __all__ = ["CompactRoutesvLLMHttpServer", "Replica"]
 

@@ -419,7 +419,7 @@ def replay_mode(config) -> str:
 
 
 #: The router_replay block class that carries ``max_unrouted_fraction`` (verl's own class has no such field).
-ROUTER_REPLAY_CONFIG = "verl_stable.routing.fsdp_plugin.RouterReplayConfig"
+ROUTER_REPLAY_CONFIG = "verl_stable.integration.fsdp_engine.RouterReplayConfig"
 
 
 def check_unrouted_tolerance(config) -> Iterator[ConfigIssue]:
@@ -764,7 +764,7 @@ def check_model_shape(config) -> Iterator[ConfigIssue]:
     """The run against its model's config.json (a local directory, or the copy shipped for a known hub id):
     context vs positions, the routes' shape, sequence parallelism the family supports."""
     # imported here: the model-file checks live beside the shipped model configs, which import this module
-    from verl_stable.recipes import checks
+    from verl_stable.apps.recipes import checks
 
     for check in checks.CHECKS:
         yield from check(config)

@@ -2,8 +2,8 @@
 
 Only what CPU needs (device, engine, rollout, Ray resources, a size that fits two cores) and where the run
 writes: nothing an algorithm preset sets (loss, advantage estimator, rollout correction, KL, entropy), so
-``algorithm=<preset>`` and the user's own overrides always win. Used by ``python -m verl_stable.cpu.demo``
-and the CPU tests; ``python -m verl_stable.cpu.overrides --run-dir D`` prints them one per line.
+``algorithm=<preset>`` and the user's own overrides always win. Used by ``python -m verl_stable.apps.demo``
+and the CPU tests; ``python -m verl_stable.apps.cpu_overrides --run-dir D`` prints them one per line.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def cpu_overrides(
     run_dir = Path(run_dir).resolve()
     model_dir = Path(model_dir or run_dir / "model").resolve()
     data_dir = Path(data_dir or run_dir / "data").resolve()
-    reward_file = Path(__file__).resolve().parent.parent / "tasks" / "addition.py"
+    reward_file = Path(__file__).resolve().parents[1] / "tasks" / "addition.py"
     batch = prompts_per_step * group_size
     # verl's file logger reads its path from the environment of the process that trains (a Ray actor);
     # without it, verl writes <project>/<experiment>.jsonl into the working directory.

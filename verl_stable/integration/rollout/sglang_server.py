@@ -1,8 +1,8 @@
 """verl's SGLang replica and server with SGLang >= 0.5.11's routed experts decoded (R3).
 
-Imported only by the replica loader :func:`verl_stable.rollout.register_route_returning_replicas` wraps, i.e.
+Imported only by the replica loader :func:`verl_stable.integration.rollout.register_route_returning_replicas` wraps, i.e.
 where sglang is installed and verl asks for the ``sglang`` rollout. verl 0.9.1's ``SGLangHttpServer.generate``
-decodes routes in two branches that both fail with SGLang 0.5.12 (see :mod:`verl_stable.rollout`); this
+decodes routes in two branches that both fail with SGLang 0.5.12 (see :mod:`verl_stable.integration.rollout`); this
 server makes its tokenizer manager hand ``generate`` the decoded routes as a compact tensor and, once the
 server is launched, takes verl's ``skip_tokenizer_init`` branch (``captured.numpy()``) for both settings --
 SGLang's payload no longer depends on it. The setting itself reaches SGLang unchanged (server launch).
@@ -14,7 +14,7 @@ from __future__ import annotations
 import ray
 from verl.workers.rollout.sglang_rollout.async_sglang_server import SGLangHttpServer, SGLangReplica
 
-from verl_stable.rollout import RoutesDecodingTokenizerManager, decoded_routes_config, spec_for_server
+from verl_stable.integration.rollout import RoutesDecodingTokenizerManager, decoded_routes_config, spec_for_server
 
 __all__ = ["RoutesDecodingSGLangHttpServer", "Replica"]
 

@@ -1,5 +1,0 @@
-import sys
-
-from verl_stable.recipes import main
-
-sys.exit(main())
