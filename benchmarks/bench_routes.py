@@ -1,4 +1,4 @@
-"""Routes compactness and re-layout speed (SPEC §6).
+"""Routes compactness and re-layout speed (docs/method.md §6).
 
 Prints bytes/token for the Qwen3-30B-A3B shape (48 MoE layers, top-8, 128 experts; goal <= 384); the routes
 on the wire (``--wire``): a rollout batch through verl 0.9.1's own ``AgentLoopOutput.as_dict`` (int16) and

@@ -129,7 +129,7 @@ def test_training_inference_kl_matches_verl():
 
 
 # ----------------------------------------------------------------------------------------------------
-# Theory (SPEC §1): ∇J_token = ∇J_seq at θ = θ_old with μ = π; the gap grows smoothly away from it.
+# Theory (docs/method.md §1): ∇J_token = ∇J_seq at θ = θ_old with μ = π; the gap grows smoothly away from it.
 
 
 class TinyAutoregressive(torch.nn.Module):

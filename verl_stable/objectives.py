@@ -1,6 +1,6 @@
 """MiniRL and its ablations as pure functions of tensors (no verl import).
 
-Notation (SPEC.md §1-2), all tensors of shape (batch_size, response_length) unless stated:
+Notation (docs/method.md §1-2), all tensors of shape (batch_size, response_length) unless stated:
     log_prob      log π_θ(y_t)        current policy, carries gradient
     old_log_prob  log π_old(y_t)      training engine's recomputation before the update (proximal policy)
     is_weight     w_t ≈ π_old/μ_old   training–inference correction, already truncated (TIS) by the caller

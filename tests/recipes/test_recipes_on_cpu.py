@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from verl_stable.apps import recipes
 from verl_stable.validation import compose_trainer_config, validate_trainer_config
 
-# The paper's grid (arXiv 2512.01374 §5, SPEC §4): (algorithm preset, routing replay, N gradient steps per rollout).
+# The paper's grid (docs/method.md §4): (algorithm preset, routing replay, N gradient steps per rollout).
 PAPER_CELLS = {
     ("minirl", None, 1), ("minirl_no_is", None, 1), ("minirl_length_norm", None, 1), ("minirl_no_clip", None, 1),
     ("minirl", "R3", 1),
@@ -126,7 +126,7 @@ def test_dry_run_prints_the_memory_a_recipe_implies(data, capsys):
     out = capsys.readouterr().out
     tokens = 512 * 16 * (2048 + 30720)  # N=8: 8,192 responses of at most 32,768 tokens
     assert f"worst-case tokens per step (prompt + response): {tokens:,}" in out
-    assert f"384 B/token -> {tokens * 384 / 1e9:.1f} GB" in out  # SPEC §6: uint8 routes, 48 layers x top-8
+    assert f"384 B/token -> {tokens * 384 / 1e9:.1f} GB" in out  # docs/method.md §6: uint8 routes, 48 layers x top-8
     assert "config valid" in out and "world size 64" in out
     config = recipes.compose(recipes.find("minirl_no_replay_n8@fsdp"), data)
     assert recipes.memory_estimate(config).route_bytes_per_token == 0

@@ -2,7 +2,7 @@
 
 :func:`write` draws every metric that matters for the paper's argument against the step, variants overlaid
 (matplotlib, Agg backend), summarises each variant in a results table and checks the paper's findings
-(SPEC.md §4) that the variants run can test: each check says *reproduced*, *not reproduced* or *not
+(docs/method.md §4) that the variants run can test: each check says *reproduced*, *not reproduced* or *not
 tested*, with the numbers it compared. At laptop scale differences are small and one seed is noisy: a
 comparison only counts when the gap exceeds :data:`MARGIN`, and a collapse is called only when the reward
 really falls (:func:`collapsed`).

@@ -1,4 +1,4 @@
-"""The lab's grid: the paper's comparisons (arXiv 2512.01374, §4 of SPEC.md), one row per variant.
+"""The lab's grid: the paper's comparisons (arXiv 2512.01374; docs/method.md §4), one row per variant.
 
 Every variant is a run of ``python -m verl_stable.main`` on the same base (same seed, data, model and sizes):
 its row names the presets and overrides it adds, and nothing else differs. Off-policy variants split the

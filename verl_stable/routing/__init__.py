@@ -1,4 +1,4 @@
-"""Routing replay for MoE RL (SPEC §3): the Routes container and its layouts (routes.py), transformers router
+"""Routing replay for MoE RL (docs/method.md §3): the Routes container and its layouts (routes.py), transformers router
 adapters (hf.py), the record/replay context bound to one model (replay.py), verl's FSDP engine (fsdp.py).
 
 ``__all__`` is what users call; the adapters, the engine integration and the types the contexts yield live in
