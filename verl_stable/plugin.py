@@ -19,8 +19,8 @@ _activate_cpu()
 # Routing replay R2/R3 for verl's FSDP engine (a pass-through unless
 # actor_rollout_ref.actor.fsdp_config.router_replay.mode is R2/R3): registered in verl's EngineRegistry right
 # after verl's FSDP engine module is imported, in the processes that build an engine. Not here: importing the
-# engine package at `import verl` costs ~1.5 s per process and fixes verl's platform before platform plugins
-# loaded after this one register theirs (verl_stable.integration.fsdp_engine, shims 1-2).
+# engine package at `import verl` slows every process (not measured here) and fixes verl's platform before
+# platform plugins loaded after this one register theirs (verl_stable.integration.fsdp_engine, shims 1-2).
 from verl_stable.integration._post_import import after_import as _after_import  # noqa: E402
 
 

@@ -189,7 +189,7 @@ def _normalised_source(module_name, class_name, method):
     return re.sub(r"#[^\n]*|\s+", "", src)
 
 
-# transformers module of each adapted class (explicit: scanning every model package costs ~15 s)
+# transformers module of each adapted class (explicit: scanning every model package is slow; not measured here)
 _MODULE = {
     "Qwen3MoeTopKRouter": "qwen3_moe", "Qwen2MoeTopKRouter": "qwen2_moe", "OlmoeTopKRouter": "olmoe",
     "Qwen3NextTopKRouter": "qwen3_next", "Qwen3OmniMoeThinkerTextTopKRouter": "qwen3_omni_moe",

@@ -1,6 +1,6 @@
 """A readable console for verl runs: verl's full output to a log file, one compact line per step on screen.
 
-verl prints its whole config (~900 lines), a metrics dict per step and the output of every Ray process;
+verl prints its whole config (hundreds of lines), a metrics dict per step and the output of every Ray process;
 that belongs in the log. :func:`run_logged` runs a launch command with its output in a log file, follows
 verl's file logger (one JSON line per step) and hands each new step to a callback; :func:`step_line`
 and :func:`summary_table` format the metrics that matter for MiniRL. ``verbose=True`` also streams the

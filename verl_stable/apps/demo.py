@@ -43,7 +43,7 @@ def _env(run_dir: Path, metrics: Path) -> dict:
         **CPU_RAY_ENV,
         "VERL_FILE_LOGGER_PATH": str(metrics),
         "TOKENIZERS_PARALLELISM": "false",
-        # TransferQueue asks torch for 8 threads and warns ~120 times a step when the machine has fewer
+        # TransferQueue asks torch for 8 threads and warns many times a step when the machine has fewer
         # physical cores; asking for what exists silences it at the source.
         "TQ_NUM_THREADS": os.environ.get("TQ_NUM_THREADS", str(min(8, cores))),
     }

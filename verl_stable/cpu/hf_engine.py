@@ -17,8 +17,8 @@ verl's agent loop. Semantics follow vLLM where verl depends on them:
   FP8 rollouts do, so the rollout policy mu_old genuinely differs from the trainer's pi_old.
   ``quantization="int8"`` / ``"int4"`` / ``"int3"`` fake-quantise the same weights to symmetric integers with
   one absmax scale per output channel (weight-only quantisation, as in GPTQ/AWQ-style int rollouts): a dial
-  for the training–inference mismatch, from bf16 rounding (KL ~1e-5 on the tiny model) up to the ~1e-3 of
-  the paper's 30B FP8 rollouts and beyond.
+  for the training–inference mismatch, from bf16 rounding up to the published KL of the paper's 30B FP8
+  rollouts (docs/method.md §6) and beyond.
 """
 
 from __future__ import annotations

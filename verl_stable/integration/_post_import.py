@@ -2,10 +2,10 @@
 
 One user: ``verl_stable.plugin`` registers the FSDP routing-replay engine right after verl imports
 ``verl.workers.engine.fsdp.transformer_impl`` (the module that registers verl's FSDP engine). The plugin is
-loaded at every ``import verl``; importing verl's engine package there would cost ~1.5 s per process, log
-accelerator warnings in processes that never build an engine, and resolve verl's (cached) platform before a
-platform plugin loaded after ours could register. Upstream change that removes this module: the replay in
-verl's ``FSDPEngineWithLMHead`` itself, or a lazily resolved engine registration (see
+loaded at every ``import verl``; importing verl's engine package there would slow every process (not
+measured here), log accelerator warnings in processes that never build an engine, and resolve verl's
+(cached) platform before a platform plugin loaded after ours could register. Upstream change that removes
+this module: the replay in verl's ``FSDPEngineWithLMHead`` itself, or a lazily resolved engine registration (see
 ``verl_stable.routing.fsdp``).
 """
 

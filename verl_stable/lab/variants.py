@@ -96,14 +96,14 @@ def grid(cold_starts: Iterable[str] = ("default",)) -> dict[str, Variant]:
     return {v.name: v for v in variants}
 
 
-#: ``verl-stable lab`` without --full: MiniRL against its no-IS ablation and R3, on-policy (three runs, <= 10 min on
-#: 2 idle cores with the cold start's one-time build): the mismatch dial's training-inference gap is what both
+#: ``verl-stable lab`` without --full: MiniRL against its no-IS ablation and R3, on-policy (three runs; their time
+#: on 2 cores is the README's "A real run"): the mismatch dial's training-inference gap is what both
 #: comparisons act on. ``--variants`` adds any other (``minirl_length_norm`` completes the paper's on-policy
 #: block); ``--full`` adds off-policy N=2 / N=4 and the cold starts.
 DEFAULT_VARIANTS: tuple[str, ...] = ("minirl", "minirl_no_is", "minirl_r3")
-#: ``--quick`` (CI, <= 3 min on 2 cores): one off-policy R2 run draws every plot (staleness KL, clipping and
-#: route agreement need the second mini-batch) and writes the report. Start-up dominates (~70 s a variant), so a
-#: second variant would take it past 3 minutes; no finding is tested at this size.
+#: ``--quick`` (CI): one off-policy R2 run draws every plot (staleness KL, clipping and
+#: route agreement need the second mini-batch) and writes the report. Start-up dominates each variant (README, "A
+#: real run"), so a second variant would nearly double CI's time; no finding is tested at this size.
 QUICK_VARIANTS: tuple[str, ...] = ("n2_r2",)
 
 
