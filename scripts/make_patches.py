@@ -475,7 +475,7 @@ VeOmni, so the per-call `enable_routing_replay` flag is set (off for the referen
 
 _CONFTEST_PLUGIN_LINES = (
     "import verl  # noqa: F401  (loads verl_stable.plugin: the CPU platform)",
-    "from verl_stable.cpu import activate_if_requested",
+    "from verl_stable.integration.cpu import activate_if_requested",
     "from verl_stable.integration.fsdp_engine import register_replay_engines",
     "activate_if_requested()",
     "register_replay_engines()  # idempotent: the plugin did it when the CPU backend imported verl's FSDP engine",

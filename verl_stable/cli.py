@@ -90,6 +90,7 @@ def doctor(ray_worker: bool = True, address: str | None = None, every_node: bool
     except Exception as exc:  # the error verl would swallow at debug level
         print(f"[FAIL] plugin module {entry_points[0].value} failed to import: {type(exc).__name__}: {exc}")
         return 1
+    failures += _print_shims()
 
     fresh = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True)
     if fresh.returncode != 0:
@@ -114,6 +115,21 @@ def doctor(ray_worker: bool = True, address: str | None = None, every_node: bool
         failures += _check_ray_worker(expected)
     print("doctor: all checks passed" if failures == 0 else f"doctor: {failures} check(s) failed")
     return 0 if failures == 0 else 1
+
+
+def _print_shims() -> int:
+    """The plugin's process-wide changes (one table, ``verl_stable.integration.SHIMS``) with their state in this
+    process, which has just loaded the plugin; a row that applies here, passes its gate and is still not
+    installed is a failure."""
+    from verl_stable import integration
+
+    states = [integration.state(shim)[0] for shim in integration.SHIMS]
+    missing = [shim.name for shim, what in zip(integration.SHIMS, states) if what == "NOT INSTALLED"]
+    counts = ", ".join(f"{states.count(what)} {what}" for what in dict.fromkeys(states))
+    print(f"[{_ok(not missing)}] {len(states)} process-wide changes of verl / vLLM (verl_stable.integration.SHIMS), "
+          f"in this process: {counts}")
+    print(textwrap.indent(integration.table(), "       "))
+    return int(bool(missing))
 
 
 def _check_ray_worker(expected: set[str]) -> int:

@@ -17,7 +17,7 @@ from tests.helpers import addition_prompt, response_logprobs
 @pytest.fixture(scope="module")
 def ray_cpu(monkeypatch_module):
     monkeypatch_module.setenv("VERL_PLATFORM", "cpu")
-    from verl_stable.cpu import activate_if_requested
+    from verl_stable.integration.cpu import activate_if_requested
 
     assert activate_if_requested()
     ray.init(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from verl_stable.cpu import UnsupportedVerlVersion, check_verl_version
+from verl_stable.integration import UnsupportedVersion, check_version
 
 from tests.helpers.processes import run_python as _run
 
@@ -70,9 +70,9 @@ def test_without_the_setting_nothing_is_registered():
 
 
 def test_a_verl_version_it_was_not_built_for_is_a_clear_error():
-    with pytest.raises(UnsupportedVerlVersion, match=r"verl==0\.9\.1.*found verl==0\.8\.0.*VERL_PLATFORM"):
-        check_verl_version("0.8.0")
-    check_verl_version()  # the installed, pinned verl passes
+    with pytest.raises(UnsupportedVersion, match=r"verl==0\.9\.1.*found verl==0\.8\.0.*VERL_PLATFORM"):
+        check_version("cpu-platform", "0.8.0")
+    check_version("cpu-platform")  # the installed, pinned verl passes
 
 
 def test_the_cpu_settings_reach_ray_workers_through_runtime_env():

@@ -16,7 +16,7 @@ def process_group():
     import torch.distributed as dist
 
     import verl  # noqa: F401  (loads verl_stable.plugin: the CPU platform)
-    from verl_stable.cpu import activate_if_requested
+    from verl_stable.integration.cpu import activate_if_requested
     from verl_stable.integration.fsdp_engine import register_replay_engines
 
     activate_if_requested()

@@ -40,7 +40,7 @@ def main() -> None:
     if PLATFORM == "nvidia":
         torch.cuda.set_device(0)
     else:
-        from verl_stable.cpu import activate_if_requested
+        from verl_stable.integration.cpu import activate_if_requested
 
         activate_if_requested()
     dist.init_process_group("nccl" if PLATFORM == "nvidia" else "gloo", rank=0, world_size=1)

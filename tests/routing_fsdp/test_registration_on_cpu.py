@@ -55,10 +55,11 @@ def test_import_verl_alone_does_not_import_the_engine_package():
 
 
 def test_another_verl_release_registers_nothing_and_says_why(monkeypatch):
+    from verl_stable.integration import UnsupportedVersion, check_version
     from verl_stable.integration import fsdp_engine as fsdp
 
-    with pytest.raises(fsdp.UnsupportedVerlVersion, match=r"verl==0\.9\.1.*found verl==0\.8\.0"):
-        fsdp._check_verl_version("0.8.0")
+    with pytest.raises(UnsupportedVersion, match=r"verl==0\.9\.1.*found verl==0\.8\.0"):
+        check_version("fsdp-routing-replay", "0.8.0")
     monkeypatch.setattr("importlib.metadata.version", lambda name: "0.8.0")
     with pytest.warns(UserWarning, match=r"found verl==0\.8\.0: not registered"):
         assert fsdp.register_replay_engines() == {}

@@ -18,8 +18,6 @@ from typing import Any, Optional
 import torch
 from verl.plugin.platform import PlatformBase
 
-PLATFORM_NAME = "cpu"
-
 
 class _NoOpStream:
     """``torch.cuda.Stream`` stand-in: CPU work is synchronous, so every stream is the same one."""

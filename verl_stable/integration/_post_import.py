@@ -1,13 +1,14 @@
 """Run a callback right after a module is first imported, without importing it ourselves.
 
-One user: ``verl_stable.plugin`` registers the FSDP routing-replay engine right after verl imports
-``verl.workers.engine.fsdp.transformer_impl`` (the module that registers verl's FSDP engine). The plugin is
-loaded at every ``import verl``; importing verl's engine package there would slow every process (not
-measured here), log accelerator warnings in processes that never build an engine, and resolve verl's
-(cached) platform before a platform plugin loaded after ours could register. Upstream change that removes
-this module: the replay in verl's ``FSDPEngineWithLMHead`` itself, or a lazily resolved engine registration (see
-``verl_stable.routing.fsdp``).
-"""
+The one lazy mechanism of :func:`verl_stable.integration.install_all`: a row with ``after_import`` is installed
+right after verl itself imports that module (e.g. the FSDP routing-replay engine right after
+``verl.workers.engine.fsdp.transformer_impl``, the module that registers verl's FSDP engine). The plugin is
+loaded at every ``import verl``; importing verl's engine package there would slow every process (not measured here), log
+accelerator warnings in processes that never build an engine, and resolve verl's (cached) platform before a
+platform plugin loaded after ours could register. A waiting row is one one-shot finder in ``sys.meta_path``,
+removed as soon as it fires. Upstream change that removes this module: the replay in verl's
+``FSDPEngineWithLMHead`` itself, or a lazily resolved engine registration (see ``verl_stable.routing.fsdp``),
+and the other lazy rows' upstream changes (``verl_stable.integration.SHIMS``)."""
 
 from __future__ import annotations
 

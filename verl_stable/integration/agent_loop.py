@@ -17,7 +17,7 @@ Everything after them keeps the dtype it receives: ``_postprocess``'s ``torch.ca
 ``workers/utils/padding.left_right_2_no_padding`` (``index_first_axis`` + nested tensor), the rollout MoE
 load-balance metrics (which count on a ``long`` copy), and the engine (:meth:`Routes.from_nested` takes
 any integer dtype). So the fix is those two functions: :func:`install` wraps them (verl == 0.9.1 only,
-version-checked) so that routes arriving in a compact dtype are padded exactly as verl pads them
+version-gated) so that routes arriving in a compact dtype are padded exactly as verl pads them
 (:func:`align_routes`) but in their own dtype. Routes of any other dtype (e.g. an engine's int32) take
 verl's own int16 path unchanged.
 
@@ -32,15 +32,12 @@ Qwen3-30B-A3B: half of verl's int16 bytes per token on the wire (docs/method.md 
 from __future__ import annotations
 
 import functools
-import warnings
 from typing import Any
 
 import numpy as np
 import torch
 
-from verl_stable import VERL_VERSION
-
-__all__ = ["COMPACT_DTYPES", "align_routes", "install", "is_compact"]
+__all__ = ["COMPACT_DTYPES", "align_routes", "install", "is_compact", "is_installed"]
 
 COMPACT_DTYPES = (torch.uint8, torch.uint16)
 _WRAPPED = "__verl_stable_compact_routes__"
@@ -123,18 +120,16 @@ def _wrap_postprocess(original):
 def install(module=None) -> bool:
     """Wrap verl 0.9.1's ``AgentLoopOutput.as_dict`` and ``AgentLoopWorker._agent_loop_postprocess`` (see the
     module docstring). Idempotent. On another verl version: a warning, nothing wrapped, False (routes then
-    travel as whatever that verl does)."""
-    import verl
+    travel as whatever that verl does; row ``compact-routes-on-the-wire`` of
+    :data:`verl_stable.integration.SHIMS`)."""
+    from verl_stable.integration import version_gate
 
-    if getattr(verl, "__version__", None) != VERL_VERSION:
-        warnings.warn(
-            f"verl-stable keeps routed experts compact on the wire for verl {VERL_VERSION} only (found "
-            f"{getattr(verl, '__version__', '?')}); routes travel as that verl's agent loop casts them",
-            stacklevel=2,
-        )
+    if not version_gate("compact-routes-on-the-wire"):
         return False
-    if module is None:
-        from verl.experimental.agent_loop import agent_loop as module
+    if module is None:  # (also while verl is still executing it: the after-import hook runs inside that import)
+        import importlib
+
+        module = importlib.import_module("verl.experimental.agent_loop.agent_loop")
     out_cls, worker_cls = module.AgentLoopOutput, module.AgentLoopWorker
     if not hasattr(out_cls.as_dict, _WRAPPED):
         out_cls.as_dict = _wrap_as_dict(out_cls.as_dict)
@@ -143,3 +138,14 @@ def install(module=None) -> bool:
             worker_cls._agent_loop_postprocess
         )
     return True
+
+
+def is_installed() -> bool:
+    """Whether both functions are wrapped in this process (False before verl imported its agent loop)."""
+    import sys
+
+    module = sys.modules.get("verl.experimental.agent_loop.agent_loop")
+    return module is not None and all(
+        hasattr(fn, _WRAPPED)
+        for fn in (module.AgentLoopOutput.as_dict, module.AgentLoopWorker._agent_loop_postprocess)
+    )

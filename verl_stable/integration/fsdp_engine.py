@@ -7,10 +7,11 @@ all of this module disappears: the mixin of :mod:`verl_stable.routing.fsdp` live
    ``(device, vendor)`` pair ``EngineRegistry.get_engine_cls`` tries first -- it registers, through verl's
    own ``EngineRegistry.register``, the replay subclass of the FSDP LM engine that the registry would hand
    out (``language_model``, ``fsdp`` and ``fsdp2``). verl's device-only entries stay untouched; the value
-   model is not touched. Version check: verl == 0.9.1, else a warning and nothing is registered.
+   model is not touched. Version gate: verl == 0.9.1, else a warning and nothing is registered (row
+   ``fsdp-routing-replay`` of :data:`verl_stable.integration.SHIMS`).
    Upstream: the mixin's code lives in ``FSDPEngineWithLMHead`` (patch ``[fsdp] feat: MoE router replay``)
    and this registration disappears.
-2. Import hook (``verl_stable/integration/_post_import.py``, installed by ``verl_stable.plugin``): runs (1) right after
+2. Import hook (``verl_stable/integration/_post_import.py``, the row's ``after_import``): runs (1) right after
    verl executes ``verl.workers.engine.fsdp.transformer_impl``. Kept because registering needs the engine
    class, and importing verl's engine package from the plugin (at every ``import verl``) adds to every
    process's start-up on top of ``import verl`` itself (not measured here by a benchmark or test) and, worse,
@@ -44,7 +45,7 @@ from typing import Optional
 from verl.workers.config import EngineRouterReplayConfig
 
 from verl_stable.routing.coverage import MAX_UNROUTED_KEY
-from verl_stable.routing.fsdp import FSDP_STRATEGIES, MODE_KEY, RoutingReplayEngineMixin
+from verl_stable.routing.fsdp import FSDP_STRATEGIES, RoutingReplayEngineMixin
 
 _MODEL_TYPE = "language_model"
 
@@ -86,24 +87,6 @@ def replay_engine_class(engine_cls: type) -> type:
     return cls
 
 
-class UnsupportedVerlVersion(RuntimeError):
-    pass
-
-
-def _check_verl_version(installed: Optional[str] = None) -> None:
-    from importlib.metadata import version
-
-    from verl_stable import VERL_VERSION
-
-    installed = installed or version("verl")
-    if installed != VERL_VERSION:
-        raise UnsupportedVerlVersion(
-            f"verl-stable's FSDP routing replay ({MODE_KEY}=R2|R3) overrides verl=={VERL_VERSION}'s "
-            f"FSDPEngineWithLMHead internals; found verl=={installed}: not registered, the FSDP engine runs "
-            f"without routing replay. Install verl=={VERL_VERSION}."
-        )
-
-
 def _engine_key() -> tuple[str, str]:
     """The ``(device, vendor)`` key ``EngineRegistry.get_engine_cls`` looks up first in this process."""
     from verl.utils.device import get_device_name, get_vendor
@@ -129,10 +112,9 @@ def register_replay_engines() -> dict[str, type]:
     A vendor key somebody else registered is left alone too (a warning: that engine runs without replay).
     On a verl other than the pinned release: a warning, nothing registered.
     """
-    try:
-        _check_verl_version()
-    except UnsupportedVerlVersion as exc:
-        warnings.warn(str(exc), stacklevel=2)
+    from verl_stable.integration import version_gate
+
+    if not version_gate("fsdp-routing-replay"):
         return {}
     from verl.workers.engine.base import EngineRegistry
     from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
@@ -160,3 +142,38 @@ def register_replay_engines() -> dict[str, type]:
             continue
         out[backend] = cls
     return out
+
+
+def _registered_fsdp_engines() -> dict[str, type]:
+    """``{backend: class}`` verl's registry hands out for this process's FSDP LM engine (none before verl
+    imported its FSDP engine module: looking would import it)."""
+    import sys
+
+    if "verl.workers.engine.fsdp.transformer_impl" not in sys.modules:
+        return {}
+    from verl.workers.engine.base import EngineRegistry
+
+    out = {}
+    for backend in FSDP_STRATEGIES:
+        try:
+            out[backend] = EngineRegistry.get_engine_cls(_MODEL_TYPE, backend)
+        except (AssertionError, ValueError):
+            continue
+    return out
+
+
+def no_engine_to_replay_on() -> Optional[str]:
+    """Why the replay registration has nothing to do in this process (None when it has, or cannot tell yet)."""
+    import sys
+
+    if "verl.workers.engine.fsdp.transformer_impl" in sys.modules and not _registered_fsdp_engines():
+        return "no FSDP LM engine registered for this device"
+    return None
+
+
+def replay_engines_registered() -> bool:
+    """Whether every FSDP LM engine verl hands out in this process replays routes."""
+    engines = _registered_fsdp_engines()
+    return bool(engines) and all(
+        issubclass(cls, RoutingReplayEngineMixin) or replays_natively(cls) for cls in engines.values()
+    )

@@ -16,19 +16,14 @@ twice: ``_compute_routing`` is the router's pure step, without its EPLB bookkeep
 vLLM loads this in every engine and worker process (``load_general_plugins``) where verl-stable is
 installed; it changes nothing unless route return is on. Checked against vLLM 0.24.0's
 ``MoERunner._apply_quant_method`` (the versions verl 0.9.1 pins); other versions are left alone with a
-log line. Upstream, the monolithic branch of ``_apply_quant_method`` calling the router's capture makes
+log line (the row's declared policy). Upstream, the monolithic branch of ``_apply_quant_method`` calling the router's capture makes
 this unnecessary.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 
-logger = logging.getLogger(__name__)
-
-#: vLLM releases whose monolithic MoE path skips route capture and whose internals this was checked on.
-CHECKED_VLLM_VERSIONS = ("0.24.",)
 _WRAPPED = "_verl_stable_captures_monolithic_routes"
 
 
@@ -76,18 +71,15 @@ def _monolithic_topk_ids(runner, router, hidden_states, router_logits, input_ids
 
 
 def register() -> None:
-    """The ``vllm.general_plugins`` hook: wrap ``MoERunner._apply_quant_method`` once per process."""
+    """The ``vllm.general_plugins`` hook: wrap ``MoERunner._apply_quant_method`` once per process (row
+    ``vllm-monolithic-route-capture`` of :data:`verl_stable.integration.SHIMS`, gated on vLLM 0.24.x)."""
     try:
-        import vllm
         from vllm.model_executor.layers.fused_moe.runner.moe_runner import MoERunner
     except ImportError:  # vLLM without this module layout: nothing of ours applies
         return
-    if not vllm.__version__.startswith(CHECKED_VLLM_VERSIONS):
-        logger.info(
-            "verl-stable: vLLM %s is not one of %s; monolithic MoE route capture left as vLLM does it",
-            vllm.__version__,
-            CHECKED_VLLM_VERSIONS,
-        )
+    from verl_stable.integration import version_gate
+
+    if not version_gate("vllm-monolithic-route-capture"):
         return
     original = MoERunner._apply_quant_method
     if getattr(original, _WRAPPED, False):
@@ -104,3 +96,12 @@ def register() -> None:
 
     setattr(_apply_quant_method, _WRAPPED, True)
     MoERunner._apply_quant_method = _apply_quant_method
+
+
+def is_installed() -> bool:
+    """Whether ``MoERunner._apply_quant_method`` is wrapped in this process (False where vLLM's MoE runner was
+    never imported: vLLM loads the hook in its own engine and worker processes)."""
+    import sys
+
+    module = sys.modules.get("vllm.model_executor.layers.fused_moe.runner.moe_runner")
+    return module is not None and bool(getattr(module.MoERunner._apply_quant_method, _WRAPPED, False))

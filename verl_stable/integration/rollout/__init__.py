@@ -17,16 +17,15 @@ Registration (:func:`register_route_returning_replicas`): verl's ``RolloutReplic
 to a *loader*; for ``sglang`` and ``vllm`` the loader is wrapped -- it runs verl's own loader first (its
 environment setup and imports), then returns a replica subclass whose ``server_class`` is
 ``ray.remote(<server subclass>)``. Nothing imports sglang or vllm until verl asks for the replica class, and a
-name is wrapped only where the engine package is installed. Version check: verl == 0.9.1, else nothing is
-registered (a warning). Not covered: PD-disaggregated replicas (``rollout.disaggregation.enabled``), which verl
-builds outside the registry. Upstream: the fix in verl's servers (``patches/``: "SGLang fix") and this package
+name is wrapped only where the engine package is installed. Version gate: verl == 0.9.1, else nothing is
+registered (a warning; row ``rollout-route-decoding`` of :data:`verl_stable.integration.SHIMS`). Not covered:
+PD-disaggregated replicas (``rollout.disaggregation.enabled``), which verl builds outside the registry. Upstream: the fix in verl's servers (``patches/``: "SGLang fix") and this package
 disappears.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -37,7 +36,9 @@ __all__ = [
     "compact_token_output",
     "decode_sglang_output",
     "decoded_routes_config",
+    "engines_installed",
     "register_route_returning_replicas",
+    "route_returning_replicas_registered",
     "spec_for_server",
 ]
 
@@ -129,15 +130,9 @@ def register_route_returning_replicas(installed: Optional[Callable[[str], bool]]
 
     ``installed(name)`` says whether an engine package is installed (default: ``importlib.util.find_spec``).
     Idempotent. On a verl other than the pinned release: a warning, nothing registered."""
-    from importlib.metadata import version
+    from verl_stable.integration import version_gate
 
-    from verl_stable import VERL_VERSION
-
-    if version("verl") != VERL_VERSION:
-        warnings.warn(
-            f"verl-stable's rollout route decoding (SGLang / vLLM, routing_replay=R3) targets verl=={VERL_VERSION}'s "
-            f"servers; found verl=={version('verl')}: not registered", stacklevel=2,
-        )
+    if not version_gate("rollout-route-decoding"):
         return {}
     from verl.workers.rollout.replica import RolloutReplicaRegistry
 
@@ -152,6 +147,25 @@ def register_route_returning_replicas(installed: Optional[Callable[[str], bool]]
             RolloutReplicaRegistry.register(name, _wrapped_loader(name, loader))
         out[name] = True
     return out
+
+
+def engines_installed() -> tuple[str, ...]:
+    """The engines of :data:`ENGINES` whose package is installed here."""
+    return tuple(name for name in ENGINES if _engine_installed(name))
+
+
+def route_returning_replicas_registered() -> bool:
+    """Whether verl's loader of every installed engine is wrapped in this process."""
+    import sys
+
+    if "verl.workers.rollout.replica" not in sys.modules:
+        return False
+    from verl.workers.rollout.replica import RolloutReplicaRegistry
+
+    names = engines_installed()
+    return bool(names) and all(
+        getattr(RolloutReplicaRegistry._registry.get(name), "verl_stable_engine", None) == name for name in names
+    )
 
 
 def compact_token_output(token_output, spec):
