@@ -115,10 +115,9 @@ def wire(samples: int, seq: int, reps: int) -> None:
 def replay_path(batch: int, seq: int, reps: int) -> None:
     """One micro-batch of Qwen3-30B-A3B routes through BatchReplay.push's work: decode verl's nested field,
     lay the rows out as the model input, push them to the replay context."""
+    from verl_stable.routing.codecs import from_nested as decode_nested
+    from verl_stable.routing.fsdp import model_input_rows, padded_mask
     from verl_stable.routing.replay import ReplayState
-    from verl_stable.routing.routes import model_input_rows, padded_mask
-
-    decode_nested = Routes.from_nested
 
     spec = RouteSpec(num_experts=128, top_k=8, moe_layers=tuple(range(48)), num_hidden_layers=48)
     gen = torch.Generator().manual_seed(0)
