@@ -8,7 +8,7 @@ same transform moves the tokens.
 * the forwards of a KV-cached ``generate()`` as the padded-flat routes of its output: :func:`generation_routes`.
 
 The model-input layouts of verl's FSDP engine (bucket pad, Ulysses pad + slice, padded ``[b, S]``) are in
-``fsdp.py``, next to the engine that applies them. Pure torch: no verl, no transformers.
+:mod:`verl_stable.routing.fsdp`, next to the engine that applies them. Pure torch: no verl, no transformers.
 """
 
 from __future__ import annotations

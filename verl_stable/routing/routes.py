@@ -12,11 +12,12 @@ Storage is uint8 up to 256 experts and uint16 above (Qwen3-30B-A3B: 48 x 8 = 384
 last sampled token that the rollout engine never fed through the model) are marked in ``valid``; replay
 routes them natively.
 
-Where Routes come from and go to is elsewhere: every producer's format (vLLM / SGLang payloads, verl's padded
-and nested batch fields) in ``codecs.py``, which validates ids once at that boundary; the token-axis
-transforms (pack, unpack, micro-batch selection) in ``layouts.py``; the model-input layouts of verl's FSDP
-engine in ``fsdp.py``. Here: the type, its id checks and the row moves every layout is built from
-(:meth:`Routes.take`, :meth:`Routes.narrow`, :func:`concat`).
+Where Routes come from and go to is elsewhere: every producer's format (vLLM / SGLang payloads, verl's
+padded and nested batch fields) in :mod:`verl_stable.routing.codecs`, which validates ids once at that
+boundary; the token-axis transforms (pack, unpack, micro-batch selection) in
+:mod:`verl_stable.routing.layouts`; the model-input layouts of verl's FSDP engine in
+:mod:`verl_stable.routing.fsdp`. Here: the type, its id checks and the row moves every layout is built
+from (:meth:`Routes.take`, :meth:`Routes.narrow`, :func:`concat`).
 
 This module is pure torch (+ numpy arrays accepted as ids): no verl, no transformers, no process state.
 """
