@@ -9,7 +9,12 @@ fraction of a plain memory copy of the same bytes in the same run (goal >= 25%):
 memory (like pack's output; last line) and, stricter, into memory already touched. Medians of interleaved
 repetitions.
 
+``--replay``: the per-micro-batch replay path of verl's FSDP engine -- verl's nested ``routed_experts`` decoded
+into packed Routes (the boundary check), laid out as the model input (packed + bucket pad, or padded ``[b, S]``)
+and pushed to a replay context -- as a ratio to a plain copy of the micro-batch's route bytes in the same run.
+
     .venv/bin/python benchmarks/bench_routes.py [--batch 64 --seq 4096 --reps 9] [--wire --wire-samples 64]
+    .venv/bin/python benchmarks/bench_routes.py --replay [--batch 8 --seq 4096 --reps 15]
 """
 
 from __future__ import annotations
@@ -107,6 +112,64 @@ def wire(samples: int, seq: int, reps: int) -> None:
     print(f"wire bytes/token uint8 / int16: {b_new / b_old:.3f}; padding time uint8 / int16: {t_new / t_old:.3f}")
 
 
+def replay_path(batch: int, seq: int, reps: int) -> None:
+    """One micro-batch of Qwen3-30B-A3B routes through BatchReplay.push's work: decode verl's nested field,
+    lay the rows out as the model input, push them to the replay context."""
+    from verl_stable.routing.codecs import from_nested as decode_nested
+    from verl_stable.routing.fsdp import model_input_rows, padded_mask
+    from verl_stable.routing.replay import ReplayState
+
+    spec = RouteSpec(num_experts=128, top_k=8, moe_layers=tuple(range(48)), num_hidden_layers=48)
+    gen = torch.Generator().manual_seed(0)
+    lengths = torch.randint(seq // 8, seq, (batch,), generator=gen)
+    offsets = torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lengths, 0)])
+    nnz = int(offsets[-1])
+    # distinct experts per row (a real route), uint8 as verl-stable's agent loop keeps them on the wire
+    ids = torch.rand(nnz, 48, 128, generator=gen).argsort(-1)[..., :8].to(torch.uint8)
+    ids[offsets[1:] - 1] = 0  # the final sampled token of each sequence: never routed by the engine
+    routed = torch.nested.nested_tensor_from_jagged(ids, offsets=offsets)
+    input_ids = torch.nested.nested_tensor_from_jagged(torch.ones(nnz, dtype=torch.int64), offsets=offsets)
+    mask = padded_mask(input_ids)
+    static_pad = (-nnz) % 128
+
+    def decode():
+        return decode_nested(routed, input_ids, spec)
+
+    packed = decode()
+
+    def run(mask=None):
+        state = ReplayState(None, spec, track_agreement=False)
+        state.push(model_input_rows(decode(), mask=mask, static_pad=static_pad))
+
+    def push_only():
+        ReplayState(None, spec, track_agreement=False).push(packed)
+
+    cases = {
+        "copy": lambda: routed.values().clone(),
+        "decode": decode,
+        "push": push_only,
+        "packed": run,
+        "padded": lambda: run(mask),
+    }
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for fn in cases.values():
+        fn()  # warm-up
+    for _ in range(reps):  # interleaved, so drifts of the shared machine hit every case alike
+        for name, fn in cases.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"replay path: micro-batch of {batch} sequences, {nnz} tokens, {ids.nbytes / 2**20:.1f} MiB of uint8 "
+          f"routes (48 layers x top-8, 128 experts), padded [b, S] = {tuple(mask.shape)}; {reps} reps, medians")
+    print(f"  plain copy of the route bytes {med['copy'] * 1e3:.2f} ms")
+    for name, what in (("decode", "decode nested -> checked packed Routes"),
+                       ("push", "push of decoded Routes"),
+                       ("packed", "decode -> model input rows (packed + bucket pad) -> push"),
+                       ("padded", "decode -> model input rows (padded [b, S]) -> push")):
+        print(f"  {what:60s} {med[name] * 1e3:8.2f} ms  {med[name] / med['copy']:6.2f}x copy")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--batch", type=int, default=64)
@@ -115,7 +178,11 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--wire", action="store_true", help="only the routes-on-the-wire measurement")
     ap.add_argument("--wire-samples", type=int, default=64)
+    ap.add_argument("--replay", action="store_true", help="only the per-micro-batch replay path")
     args = ap.parse_args()
+    if args.replay:
+        replay_path(args.batch, args.seq, args.reps)
+        return
     if args.wire:
         wire(args.wire_samples, args.seq, max(3, args.reps // 3))
         return

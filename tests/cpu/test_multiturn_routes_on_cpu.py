@@ -7,7 +7,7 @@ generations and concatenates their routes (``workers/rollout/llm_server.py``); t
 is verl's ``ToolAgentLoop`` rule (``experimental/agent_loop/tool_agent_loop.py``: each turn's
 ``routed_experts`` replace the previous turn's, the final array is sliced to ``prompt + response_length``);
 ``AgentLoopOutput.as_dict`` pads it (v1 trainer path, compact); the engine reads it with
-``Routes.from_engine`` as ``BatchReplay`` does. Ground truth: a teacher-forced forward of the final sequence
+``codecs.from_engine`` as ``BatchReplay`` does. Ground truth: a teacher-forced forward of the final sequence
 recorded with the same model's recorder (R2-style).
 
 What this pins down (and why it holds for ``hf_cpu``): the server runs every turn's whole prefix through the
@@ -165,7 +165,7 @@ def test_every_token_has_its_engine_route_or_a_counted_no_route(
 ):
     from verl.experimental.agent_loop.agent_loop import AgentLoopOutput
 
-    from verl_stable.routing import Routes, spec_from_config
+    from verl_stable.routing import codecs, spec_from_config
 
     engine = server.engine
     vocab = engine.model.config.vocab_size
@@ -189,7 +189,7 @@ def test_every_token_has_its_engine_route_or_a_counted_no_route(
     field = out.as_dict()["routed_experts"]
     assert field.dtype == torch.uint8  # compact all the way
     spec = spec_from_config(engine.model.config)
-    got = Routes.from_engine(
+    got = codecs.from_engine(
         field, spec
     )  # what BatchReplay reads: all-zero rows are "no route"
     seq = prompt + response

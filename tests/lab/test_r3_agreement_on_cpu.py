@@ -4,7 +4,7 @@ agreement 1.0) while the π_old pass still measures how often the trainer's own 
 The pieces are the ones the lab's R3 variants run, without Ray: the real ``HFInferenceEngine`` with the
 dial's default setting (bf16 weights fake-quantised) recording its routes, the trainer-side model in float32
 (as verl's FSDP engine holds it), and verl-stable's ``RoutingReplay`` bound to it. The routes go through
-``Routes.from_engine``, the converter R3 applies to what an engine returns.
+``codecs.from_engine``, the converter R3 applies to what an engine returns.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from verl_stable.cpu.hf_engine import GenerationRequest, HFInferenceEngine
 from verl_stable.routing.agreement import count_agreement
 from verl_stable.lab import model as lab_model
 from verl_stable.lab import task
-from verl_stable.routing import RoutingReplay
+from verl_stable.routing import RoutingReplay, codecs
 from verl_stable.routing.hf import route_spec
 from verl_stable.routing.routes import Routes
 
@@ -45,7 +45,7 @@ def test_r3_update_uses_the_rollout_routes_while_the_old_pass_measures_the_misma
     spec = route_spec(trainer)
     # Every token the rollout ran its model on has a route: the sequence without its final sampled token.
     seqs = torch.tensor([p + r.token_ids[:-1] for p, r in zip(prompts, replies, strict=True)])
-    rollout_routes = [Routes.from_engine(r.routed_experts, spec, num_tokens=seqs.shape[1]) for r in replies]
+    rollout_routes = [codecs.from_engine(r.routed_experts, spec, num_tokens=seqs.shape[1]) for r in replies]
     assert all(bool(r.valid_mask().all()) for r in rollout_routes)
     rollout_experts = torch.cat([r.experts for r in rollout_routes])  # row b*S + s = token [b, s]
     rollout_routes = Routes(rollout_experts, spec.num_experts)

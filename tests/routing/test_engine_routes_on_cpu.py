@@ -9,8 +9,8 @@ import base64
 import numpy as np
 import pytest
 import torch
-from verl_stable.routing import Routes
-from verl_stable.routing.routes import compact_engine_routes, decode_sglang_routed_experts
+from verl_stable.routing import codecs
+from verl_stable.routing.codecs import compact_engine_routes, decode_sglang_routed_experts
 
 from tests.helpers.sglang_payloads import SPEC, WIDE, sglang_extract, sglang_meta_info, sglang_routes_tensor
 
@@ -25,7 +25,7 @@ def test_sglang_payload_decodes_to_compact_routes(skip_tokenizer_init):
     # the same ids SGLang's own reader gets
     np.testing.assert_array_equal(out.reshape(-1).astype(np.int32), sglang_extract(meta))
     # dense layers dropped, the final sampled token (never routed) appended without a route
-    routes = Routes.from_sglang({"meta_info": meta}, SPEC, num_tokens=9)
+    routes = codecs.from_sglang({"meta_info": meta}, SPEC, num_tokens=9)
     assert routes.num_layers == 3 and routes.num_tokens == 9
     assert torch.equal(routes.experts[:8].to(torch.int64), idx)
     assert routes.valid_mask().tolist() == [True] * 8 + [False]
@@ -70,7 +70,7 @@ def test_vllm_routes_compacted_in_place_of_int32():
     assert out.dtype == np.uint8 and out.shape == arr.shape and out.nbytes * 4 == arr.nbytes
     np.testing.assert_array_equal(out.astype(np.int32), arr)
     # Routes built from the compact array equal those from the int32 one
-    assert Routes.from_engine(out, SPEC, 7).equal(Routes.from_engine(arr, SPEC, 7))
+    assert codecs.from_engine(out, SPEC, 7).equal(codecs.from_engine(arr, SPEC, 7))
     with pytest.raises(ValueError, match=r"shape \(6, 4, 3\) is not \[tokens, num_hidden_layers=5"):
         compact_engine_routes(arr[:, :4], SPEC)
     with pytest.raises(ValueError, match="integers"):

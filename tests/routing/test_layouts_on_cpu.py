@@ -12,7 +12,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from verl_stable.routing import Routes, RoutingReplay, concat, pack, select_sequences, ulysses_pad_and_slice, unpack
+from verl_stable.routing import Routes, RoutingReplay, codecs, concat, pack, select_sequences, unpack
+from verl_stable.routing.fsdp import ulysses_pad_and_slice
 
 from tests.helpers import VOCAB, ExpertTap, tiny_model
 
@@ -76,12 +77,12 @@ def test_pack_follows_verl_unpad_and_unpack_inverts(batch):
     back = unpack(packed, mask)
     assert back.equal(routes)
     # verl batch field round trip: [B, S, L, K] compact tensor and back
-    stored = back.to_verl_batch(*mask.shape)
+    stored = codecs.to_verl_batch(back, *mask.shape)
     assert stored.dtype == torch.uint16 and stored.shape == (*mask.shape, LAYERS, TOP_K)
     from verl_stable.routing import RouteSpec
 
     spec = RouteSpec(NUM_EXPERTS, TOP_K, tuple(range(LAYERS)), LAYERS)
-    assert Routes.from_verl_batch(stored, mask, spec).equal(routes)
+    assert codecs.from_verl_batch(stored, mask, spec).equal(routes)
 
 
 @FAST
@@ -94,7 +95,7 @@ def test_micro_batches_and_dynamic_bsz_reordering(batch, max_token_len, balance)
     max_token_len = max(max_token_len, mask.shape[1])
     routes = padded_routes(ids, mask)
     td = TensorDict(
-        {"input_ids": ids, "attention_mask": mask, "routed_experts": routes.to_verl_batch(*mask.shape)},
+        {"input_ids": ids, "attention_mask": mask, "routed_experts": codecs.to_verl_batch(routes, *mask.shape)},
         batch_size=[ids.shape[0]],
     )
     micro_batches, partitions = rearrange_micro_batches(td, max_token_len, use_dynamic_bsz_balance=balance)

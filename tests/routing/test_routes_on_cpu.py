@@ -7,7 +7,7 @@ import base64
 import numpy as np
 import pytest
 import torch
-from verl_stable.routing import RouteSpec, Routes, route_agreement
+from verl_stable.routing import RouteSpec, Routes, codecs, route_agreement
 from verl_stable.routing.routes import compact_dtype
 
 from tests.helpers import random_routes_idx
@@ -40,14 +40,14 @@ def test_compact_dtype_and_qwen3_30b_footprint():
 def test_from_vllm_drops_dense_layers_and_pads_final_token():
     # vLLM never feeds the last sampled token: n = num_tokens - 1 rows for a sequence of num_tokens
     arr, idx = engine_array(7)
-    routes = Routes.from_engine(arr, SPEC, num_tokens=8)
+    routes = codecs.from_engine(arr, SPEC, num_tokens=8)
     assert routes.num_tokens == 8 and routes.num_layers == 3
     assert torch.equal(routes.experts[:7].to(torch.int64), idx)
     assert routes.valid_mask().tolist() == [True] * 7 + [False]
     # an engine payload already restricted to MoE layers is taken as is
-    assert Routes.from_engine(idx.numpy(), SPEC, num_tokens=8).equal(routes)
+    assert codecs.from_engine(idx.numpy(), SPEC, num_tokens=8).equal(routes)
     with pytest.raises(ValueError, match="9 token rows for a sequence of 8"):
-        Routes.from_engine(engine_array(9)[0], SPEC, num_tokens=8)
+        codecs.from_engine(engine_array(9)[0], SPEC, num_tokens=8)
 
 
 def test_from_sglang_base64():
@@ -55,13 +55,13 @@ def test_from_sglang_base64():
     # builds it step by step as SGLang does)
     arr, idx = engine_array(5, seed=1)
     meta = {"routed_experts": base64.b64encode(arr.tobytes()).decode("utf-8")}
-    routes = Routes.from_sglang({"meta_info": meta}, SPEC, num_tokens=6)
+    routes = codecs.from_sglang({"meta_info": meta}, SPEC, num_tokens=6)
     assert torch.equal(routes.experts[:5].to(torch.int64), idx)
     assert routes.valid_mask().tolist() == [True] * 5 + [False]
     # older skip_tokenizer_init servers handed a tensor instead of base64
-    assert Routes.from_sglang({"routed_experts": torch.from_numpy(arr)}, SPEC, 6).equal(routes)
+    assert codecs.from_sglang({"routed_experts": torch.from_numpy(arr)}, SPEC, 6).equal(routes)
     with pytest.raises(ValueError, match="enable_rollout_routing_replay"):
-        Routes.from_sglang({"meta_info": {}}, SPEC)
+        codecs.from_sglang({"meta_info": {}}, SPEC)
 
 
 def test_from_verl_batch_int16_with_padding_and_unrouted_tail():
@@ -72,7 +72,7 @@ def test_from_verl_batch_int16_with_padding_and_unrouted_tail():
     mask = torch.tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]])
     batch[mask == 0] = 0
     batch[0, 5] = 0  # last response token: the engine never routed it
-    routes = Routes.from_verl_batch(batch, mask, SPEC)
+    routes = codecs.from_verl_batch(batch, mask, SPEC)
     assert routes.num_tokens == b * s and routes.experts.dtype == torch.uint8
     expect_valid = mask.flatten().bool().clone()
     expect_valid[5] = False
@@ -96,7 +96,7 @@ def test_wrong_layer_count():
     with pytest.raises(ValueError, match=r"2 MoE layers but the model has 3 .*first_k_dense_replace"):
         r.check(SPEC)
     with pytest.raises(ValueError, match="4 layers but the model has 3 MoE layers out of num_hidden_layers=5"):
-        Routes.from_engine(np.zeros((3, 4, 3), dtype=np.int32) + np.arange(3, dtype=np.int32), SPEC)
+        codecs.from_engine(np.zeros((3, 4, 3), dtype=np.int32) + np.arange(3, dtype=np.int32), SPEC)
 
 
 def test_wrong_top_k():
@@ -104,7 +104,7 @@ def test_wrong_top_k():
     with pytest.raises(ValueError, match="top_k=2 but the model has num_experts_per_tok=3"):
         r.check(SPEC)
     with pytest.raises(ValueError, match="num_experts_per_tok"):
-        Routes.from_engine(random_routes_idx(4, 3, 16, 2).numpy(), SPEC)
+        codecs.from_engine(random_routes_idx(4, 3, 16, 2).numpy(), SPEC)
 
 
 def test_id_out_of_range():
@@ -178,10 +178,10 @@ def test_nested_routes_round_trip_in_the_compact_dtype(num_experts):
     idx = random_routes_idx(sum(lengths), spec.num_layers, num_experts, spec.top_k, torch.Generator().manual_seed(1))
     dtype = compact_dtype(num_experts)
     sent = torch.nested.nested_tensor_from_jagged(idx.to(torch.int32).to(dtype), offsets=offsets)
-    routes = Routes.from_nested(sent, input_ids, spec)
+    routes = codecs.from_nested(sent, input_ids, spec)
     assert routes.experts.dtype == dtype and routes.valid is None
     assert torch.equal(routes.experts.to(torch.int64), idx.to(torch.int64))
-    back = routes.to_nested(input_ids)
+    back = codecs.to_nested(routes, input_ids)
     assert back.is_nested and back.dtype == dtype
     assert torch.equal(back.values().to(torch.int64), idx.to(torch.int64))
     assert torch.equal(back.offsets(), input_ids.offsets())

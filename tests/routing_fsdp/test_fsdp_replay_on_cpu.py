@@ -132,8 +132,8 @@ def test_r3_replays_supplied_routes_on_their_tokens(process_group, tiny_moe_path
                                                     use_dynamic_bsz, pad_to_length):
     from verl.workers.engine.utils import prepare_micro_batches
 
-    from verl_stable.routing import Routes, unpack
-    from verl_stable.routing.routes import padded_mask
+    from verl_stable.routing import codecs, unpack
+    from verl_stable.routing.fsdp import padded_mask
 
     engine = make_engine(tiny_moe_path, mode="R3", use_remove_padding=use_remove_padding,
                          use_dynamic_bsz=use_dynamic_bsz, pad_to_length=pad_to_length)
@@ -149,7 +149,7 @@ def test_r3_replays_supplied_routes_on_their_tokens(process_group, tiny_moe_path
     micro_batches, _ = prepare_micro_batches(td)
     assert rec.num_forwards == len(micro_batches)
     for used, mb in zip(rec.routes, micro_batches):
-        expected = Routes.from_engine(mb["routed_experts"].values(), rr.spec)
+        expected = codecs.from_engine(mb["routed_experts"].values(), rr.spec)
         if not use_remove_padding:
             expected = unpack(expected, padded_mask(mb["input_ids"]))
             used_real = used.experts[expected.valid_mask()]

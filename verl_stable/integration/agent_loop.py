@@ -15,7 +15,7 @@ trainer path, both in ``verl/experimental/agent_loop/agent_loop.py``:
 Everything after them keeps the dtype it receives: ``_postprocess``'s ``torch.cat``, TensorDict / DataProto
 (concat, chunk, union, re-ordering), TransferQueue, ``trainer/ppo/padding_utils.build_padding_routed_experts``,
 ``workers/utils/padding.left_right_2_no_padding`` (``index_first_axis`` + nested tensor), the rollout MoE
-load-balance metrics (which count on a ``long`` copy), and the engine (:meth:`Routes.from_nested` takes
+load-balance metrics (which count on a ``long`` copy), and the engine (:func:`~verl_stable.routing.codecs.from_nested` takes
 any integer dtype). So the fix is those two functions: :func:`install` wraps them (verl == 0.9.1 only,
 version-gated) so that routes arriving in a compact dtype are padded exactly as verl pads them
 (:func:`align_routes`) but in their own dtype. Routes of any other dtype (e.g. an engine's int32) take

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from verl_stable.routing.routes import _missing_rows
+from verl_stable.routing.routes import missing_rows
 
 __all__ = ["MAX_UNROUTED_KEY", "RouteCoverage", "UnroutedTokensError", "route_coverage"]
 
@@ -106,7 +106,7 @@ def count_without_route(routed_experts: torch.Tensor) -> int:
         raise ValueError(f"routed_experts must be [tokens, layers, top_k], got shape {tuple(routed_experts.shape)}")
     total = 0
     for start in range(0, routed_experts.shape[0], _CHUNK_ROWS):
-        total += int(_missing_rows(routed_experts[start : start + _CHUNK_ROWS]).sum())
+        total += int(missing_rows(routed_experts[start : start + _CHUNK_ROWS]).sum())
     return total
 
 

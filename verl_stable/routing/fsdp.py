@@ -18,9 +18,9 @@ How routes follow their tokens. verl carries ``batch["routed_experts"]`` as a pe
 ``[b, j, layers, top_k]`` aligned with the nested ``input_ids``, and its own ``prepare_micro_batches`` (fixed
 or dynamic batch sizes, with re-ordering) and ``postprocess_batch_func`` move it with its sequence. The only
 layout done here is the one the engine does at model-input time (``prepare_model_inputs``): packing, the
-static bucket pad, Ulysses pad + slice, or padded ``[b, S]`` -- the functions are ``routes.py``'s
-(``Routes.from_nested``, ``model_input_rows``, ``strip_model_input_pad``), :class:`MicroBatchLayout` says which
-apply to one micro-batch.
+static bucket pad, Ulysses pad + slice, or padded ``[b, S]`` -- :func:`model_input_rows` and its inverse
+:func:`strip_model_input_pad` below, on the packed Routes that ``codecs.from_nested`` decodes (and checks, once)
+from the micro-batch's field; :class:`MicroBatchLayout` says which apply to one micro-batch.
 
 The replay lifecycle, per ``forward_backward_batch`` (all of it in :class:`BatchReplay`):
 
@@ -58,8 +58,10 @@ from typing import Any, Callable, Optional
 import torch
 
 from verl_stable.routing.agreement import AgreementCounts
+from verl_stable.routing.codecs import from_nested, to_nested
 from verl_stable.routing.coverage import RouteCoverage, route_coverage
-from verl_stable.routing.routes import RouteSpec, Routes, model_input_rows, padded_mask, strip_model_input_pad
+from verl_stable.routing.layouts import pack, unpack
+from verl_stable.routing.routes import RouteSpec, Routes
 
 __all__ = [
     "ROUTES_KEY",
@@ -83,6 +85,69 @@ REPLAY = "replay"
 
 
 # ---------------------------------------------------------------------------------------------- layouts
+# The model-input layouts of verl's FSDP engine (they follow verl's own pad rules, so they import verl).
+def ulysses_pad_and_slice(routes: Routes, sp_size: int, sp_rank: int) -> tuple[Routes, int]:
+    """This rank's routes under Ulysses sequence parallelism, for packed input ``[1, nnz]``.
+
+    Same rule as ``verl.utils.ulysses.ulysses_pad_and_slice_inputs`` applies to ``input_ids_rmpad``: pad the
+    token axis to a multiple of ``sp_size`` (pad rows have no route), then rank ``r`` keeps the r-th equal
+    chunk. Returns ``(routes_for_rank, pad_size)``.
+    """
+    from verl.utils.ulysses import ulysses_pad
+
+    if not 0 <= sp_rank < max(sp_size, 1):
+        raise ValueError(f"sp_rank={sp_rank} outside [0, sp_size={sp_size})")
+    # Run verl's pad on the token positions so the pad size is by construction the one the inputs get.
+    positions = torch.arange(routes.num_tokens).unsqueeze(0)
+    _, _, pad_size = ulysses_pad(positions, None, sp_size)
+    padded = routes.pad_tokens(pad_size)
+    if sp_size <= 1:
+        return padded, pad_size
+    chunk = padded.num_tokens // sp_size
+    return padded.narrow(sp_rank * chunk, chunk), pad_size
+
+
+def padded_mask(input_ids: torch.Tensor) -> torch.Tensor:
+    """The right-padded ``[b, max_len]`` attention mask verl's engine builds from nested ``input_ids`` when
+    remove-padding is off: row ``i*max_len + s`` of the model input is token ``s`` of sequence ``i``."""
+    from verl.workers.utils.padding import build_attention_mask_from_nested
+
+    return build_attention_mask_from_nested(input_ids=input_ids)
+
+
+def model_input_rows(
+    packed: Routes,
+    *,
+    mask: Optional[torch.Tensor] = None,
+    static_pad: int = 0,
+    sp_size: int = 1,
+    sp_rank: int = 0,
+) -> Routes:
+    """Packed routes of one micro-batch (one row per token, nested ``input_ids.values()`` order) in the token
+    order of the model input verl's FSDP engine builds from it (``prepare_model_inputs``):
+
+    * remove-padding off (``mask``: :func:`padded_mask`): ``[b, S]``, ``b*S`` rows, right pads without a route;
+    * remove-padding on: ``[1, nnz]`` plus ``static_pad`` rows (``pad_to_length``'s bucket pad), then under
+      Ulysses (``sp_size > 1``) verl's pad to a multiple of ``sp_size`` and rank ``sp_rank``'s slice.
+
+    Pad rows carry no route (the router picks natively)."""
+    if mask is not None:
+        return unpack(packed, mask)
+    padded = packed.pad_tokens(static_pad)
+    if sp_size <= 1:
+        return padded
+    local, _ = ulysses_pad_and_slice(padded, sp_size, sp_rank)
+    return local
+
+
+def strip_model_input_pad(rows: Routes, *, mask: Optional[torch.Tensor] = None, pad_size: int = 0) -> Routes:
+    """Inverse of :func:`model_input_rows` for the whole (all Ulysses ranks gathered) model input: routes the
+    routers saw, back to packed (one row per token). ``pad_size``: rows appended after the ``nnz`` tokens."""
+    if mask is not None:
+        return pack(rows, mask)
+    return rows.narrow(0, rows.num_tokens - pad_size) if pad_size else rows
+
+
 @dataclass
 class MicroBatchLayout:
     """Where one micro-batch's tokens sit in the model input verl's FSDP engine built for it.
@@ -140,7 +205,7 @@ class MicroBatchLayout:
     def routes_for_model(self, routed: torch.Tensor, spec: RouteSpec) -> tuple[Routes, int]:
         """The micro-batch's ``routed_experts`` (nested) in the rows of the model input, and how many real
         tokens have no route (routed natively: reported, never silently replayed)."""
-        packed = Routes.from_nested(routed, self.input_ids, spec).to(self.input_ids.values().device)
+        packed = from_nested(routed, self.input_ids, spec).to(self.input_ids.values().device)
         missing = int((~packed.valid_mask()).sum())
         rows = model_input_rows(packed, mask=self.mask, static_pad=self.static_pad, sp_size=self.sp_size,
                                 sp_rank=self.sp_rank)
@@ -160,7 +225,7 @@ class MicroBatchLayout:
             packed = Routes(experts.to(recorded.experts.dtype), recorded.num_experts)
         else:
             packed = strip_model_input_pad(recorded, mask=self.mask, pad_size=self.pad_size)
-        return packed.to_nested(self.input_ids)
+        return to_nested(packed, self.input_ids)
 
 
 # ---------------------------------------------------------------------------------------------- one batch

@@ -10,7 +10,7 @@
 Token order. A router sees ``hidden_states.reshape(-1, hidden)``: for input ``[B, S]`` that is ``B*S`` rows,
 row ``b*S + s`` = token ``[b, s]`` (padding included); for packed rmpad input ``[1, nnz]`` the ``nnz``
 tokens in packed order; under Ulysses SP, this rank's slice of the padded packed sequence. Recorded
-Routes have exactly these rows, and replayed Routes must (``routes.py`` moves routes between layouts).
+Routes have exactly these rows, and replayed Routes must (``layouts.py`` moves routes between layouts).
 
 Forwards. A forward starts when ``model`` itself is called (a forward pre-hook on it). ``replay(routes)``
 with one Routes applies it to every forward inside; with a sequence of Routes, forward i uses routes[i];
@@ -22,8 +22,9 @@ with none, a training loop ``push``-es each micro-batch's Routes before its forw
     state.agreement()                         # counts over the whole batch
 
 A clean exit checks that every forward had its Routes and every Routes its forward. Every Routes is checked
-when given or pushed: layer count, top-k and ``num_experts`` against the model, ids in range and distinct
-within a row (``Routes.check_ids``). A forward never reuses another forward's routes: a model call beyond
+when given or pushed: layer count, top-k and ``num_experts`` against the model, and ids in range and distinct
+within a row (``Routes.check_ids``) unless they were checked when the Routes were built (``ids_checked``:
+``Routes.from_indices`` and the codecs, e.g. ``codecs.from_nested`` at the FSDP engine's boundary). A forward never reuses another forward's routes: a model call beyond
 the Routes given raises, and so does a router that fires again outside backward within one forward (a
 submodule called instead of the bound model). Only gradient-checkpoint recompute, which re-fires the
 routers inside backward without a model call, reuses routes: those of the forward whose output the
@@ -39,8 +40,9 @@ Hooks exist only while a context is open; outside, the model is the stock model,
 to the stock weights (and gives the checkpoint recompute the same graph). Other models (a reference
 policy, an SFT model) are never touched.
 
-Layouts: ``routes.py`` has the ones verl's FSDP engine applies to its model input (``Routes.from_nested``,
-``model_input_rows``, ``strip_model_input_pad``); ``verl_stable.routing.fsdp`` applies them per micro-batch.
+Layouts: ``layouts.py`` moves routes between token layouts (pack, unpack, sequence selection);
+``verl_stable.routing.fsdp`` decodes verl's nested field (``codecs.from_nested``) and lays it out as its model
+input (``model_input_rows``, ``strip_model_input_pad``) per micro-batch.
 """
 
 from __future__ import annotations
@@ -195,7 +197,9 @@ class ReplayState:
 
     def _append(self, routes: Routes) -> None:
         what = f"replayed routes[{len(self._queue)}]"
-        routes.check(self.spec, what=what).check_ids(what=what)
+        routes.check(self.spec, what=what)
+        if not routes.ids_checked:  # the codecs and from_indices checked theirs at the boundary
+            routes.check_ids(what=what)
         self._queue.append(routes)
 
     def push(self, routes: Routes) -> None:

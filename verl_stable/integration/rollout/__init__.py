@@ -7,7 +7,7 @@ What verl 0.9.1 gets wrong, and what this package does about it (registration, n
   ``SGLangHttpServer.generate`` calls ``.numpy()`` on it (``skip_tokenizer_init=True``, verl's default:
   AttributeError) or imports ``sglang.srt.layers.moe.routed_experts_capturer`` (moved to
   ``sglang.srt.state_capturer.routed_experts`` in 0.5.12: ImportError). :mod:`.sglang_server` subclasses the
-  server so that the payload reaches verl's code decoded (:func:`~verl_stable.routing.routes.decode_sglang_routed_experts`).
+  server so that the payload reaches verl's code decoded (:func:`~verl_stable.routing.codecs.decode_sglang_routed_experts`).
 * vLLM returns numpy int32 ``[n, num_hidden_layers, top_k]``; :mod:`.vllm_server` compacts it.
 
 Both hand the agent loop numpy ``[n, num_hidden_layers, top_k]`` in ``compact_dtype(num_experts)`` (uint8 up to
@@ -66,7 +66,7 @@ def decode_sglang_output(output: dict, spec) -> dict:
     returned as they are. A new dict; the engine's output is not modified."""
     import torch
 
-    from verl_stable.routing.routes import decode_sglang_routed_experts
+    from verl_stable.routing.codecs import decode_sglang_routed_experts
 
     meta = output.get("meta_info") or {}
     payload = meta.get("routed_experts")
@@ -170,7 +170,7 @@ def route_returning_replicas_registered() -> bool:
 
 def compact_token_output(token_output, spec):
     """verl's ``TokenOutput`` with its ``routed_experts`` (numpy int32 from vLLM) in the compact dtype."""
-    from verl_stable.routing.routes import compact_engine_routes
+    from verl_stable.routing.codecs import compact_engine_routes
 
     if token_output.routed_experts is not None:
         token_output.routed_experts = compact_engine_routes(token_output.routed_experts, spec, "vLLM routed_experts")
