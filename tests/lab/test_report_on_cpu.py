@@ -117,3 +117,31 @@ def test_off_policy_ablations_are_judged_against_the_stable_replay_at_their_n():
     assert no_replay.status == "reproduced" and "n4_r3 0.550 vs n4_no_replay 0.200" in no_replay.evidence
     assert found["Off-policy N=4: MiniRL + R3 beats MiniRL + R2"].status == "reproduced"
     assert found["Off-policy N=2: MiniRL + R2 beats MiniRL + R3"].status == "not tested"
+
+
+def test_rewrite_rebuilds_the_report_from_the_saved_run_and_refuses_a_variant_the_grid_lost(tmp_path, capsys):
+    runs = {"minirl": _rows([0.1, 0.2]), "n2_r2": _rows([0.1, 0.3])}
+    for name, rows in runs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = {"runs": {name: {"returncode": 0} for name in runs}, "wall_s": 1.0}
+    written = report.write(tmp_path, [TABLE[n] for n in runs], runs, meta).read_text()
+    (tmp_path / "report.md").unlink()
+    assert report.main([str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == written
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    saved["meta"]["runs"]["n2_no_clip"] = {"returncode": 0}  # a variant of an older grid
+    (tmp_path / "summary.json").write_text(json.dumps(saved))
+    assert report.main([str(tmp_path)]) == 2
+    assert "['n2_no_clip']" in capsys.readouterr().err
+
+
+def test_console_reads_the_held_out_key_of_the_callers_data_source():
+    from verl_stable.apps import console
+
+    row = {"step": 3, "data": {"val-core/other/reward/mean@1": 0.25, "val-core/mine/acc/mean@4": 0.75}}
+    assert "val_acc 0.750" in console.step_line(row, 3, console.val_keys("mine", 4))
+    assert "val_acc 0.250" in console.step_line(row, 3)  # no data source: the first val-core key the row has
+    assert console.val_keys("mine", 4) == ("val-core/mine/acc/mean@4", "val-core/mine/reward/mean@4")
+    table = console.summary_table([row], console.val_keys("mine", 4))
+    assert "val_acc" in table and "0.750" in table
