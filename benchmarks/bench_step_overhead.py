@@ -25,11 +25,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from verl_stable.lab import report, run
+from verl_stable.lab import metrics, run
 from verl_stable.lab import variants as vt
 from verl_stable.lab.setup import default_setup
 
-COMPUTE = tuple(p for p in report.PHASES if p != "gen")
+COMPUTE = tuple(p for p in metrics.PHASES if p != "gen")
 
 
 def medians(rows: list[dict]) -> dict[str, float]:
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             "trainer.val_before_train=False",
             "trainer.test_freq=-1",
         ]
-        result = run.run_variant(variant, overrides, run_dir, index=i, count=len(paths), steps=args.steps)
+        result = run.run_variant(variant, overrides, run_dir, index=i, count=len(paths), size=size)
         if result.returncode != 0:
             return result.returncode
         results[path] = medians(result.rows)

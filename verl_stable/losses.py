@@ -328,21 +328,38 @@ def _aggregate(loss_mat, response_mask, loss_agg_mode, config) -> torch.Tensor:
     )
 
 
+class METRICS:
+    """The keys :func:`_metrics` logs, as verl's actor reports them (readers import these, never the strings)."""
+
+    CLIPFRAC = "actor/pg_clipfrac"
+    CLIPFRAC_POS_ADV = "actor/pg_clipfrac_pos_adv"
+    CLIPFRAC_NEG_ADV = "actor/pg_clipfrac_neg_adv"
+    #: verl's name for the k1 staleness KL (π_θ vs π_old), kept so verl's own readers find it
+    STALENESS_KL_K1 = "actor/ppo_kl"
+    STALENESS_KL_K3 = "actor/staleness_kl_k3"
+    STALENESS_RATIO_MEAN = "actor/staleness_ratio_mean"
+    STALENESS_RATIO_MAX = "actor/staleness_ratio_max"
+    STALENESS_RATIO_MIN = "actor/staleness_ratio_min"
+    #: only with token-level truncated IS (rollout_correction.rollout_is=token)
+    IS_WEIGHT_MEAN = "actor/is_weight_mean"
+    IS_TRUNCATED_FRAC = "actor/is_truncated_frac"
+
+
 def _metrics(stats: objectives.MiniRLStats) -> dict[str, float]:
     metrics = {
-        "actor/pg_clipfrac": stats.clipfrac,
-        "actor/pg_clipfrac_pos_adv": stats.clipfrac_pos_adv,
-        "actor/pg_clipfrac_neg_adv": stats.clipfrac_neg_adv,
-        "actor/ppo_kl": stats.staleness_kl_k1,
-        "actor/staleness_kl_k3": stats.staleness_kl_k3,
-        "actor/staleness_ratio_mean": stats.staleness_ratio_mean,
-        "actor/staleness_ratio_max": stats.staleness_ratio_max,
-        "actor/staleness_ratio_min": stats.staleness_ratio_min,
+        METRICS.CLIPFRAC: stats.clipfrac,
+        METRICS.CLIPFRAC_POS_ADV: stats.clipfrac_pos_adv,
+        METRICS.CLIPFRAC_NEG_ADV: stats.clipfrac_neg_adv,
+        METRICS.STALENESS_KL_K1: stats.staleness_kl_k1,
+        METRICS.STALENESS_KL_K3: stats.staleness_kl_k3,
+        METRICS.STALENESS_RATIO_MEAN: stats.staleness_ratio_mean,
+        METRICS.STALENESS_RATIO_MAX: stats.staleness_ratio_max,
+        METRICS.STALENESS_RATIO_MIN: stats.staleness_ratio_min,
     }
     if stats.is_weight_mean is not None:
-        metrics["actor/is_weight_mean"] = stats.is_weight_mean
+        metrics[METRICS.IS_WEIGHT_MEAN] = stats.is_weight_mean
     if stats.is_truncated_frac is not None:
-        metrics["actor/is_truncated_frac"] = stats.is_truncated_frac
+        metrics[METRICS.IS_TRUNCATED_FRAC] = stats.is_truncated_frac
     return metrics
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from verl_stable.apps.console import read_metrics
 from verl_stable.lab import model as lab_model
-from verl_stable.lab import report, variants
+from verl_stable.lab import metrics, plots, report, variants
 
 pytestmark = pytest.mark.slow
 
@@ -68,7 +68,7 @@ def test_every_variant_ran_through_verls_launcher_with_its_switches(quick):
         rows = read_metrics(run / "metrics.jsonl")
         steps = [r["step"] for r in rows if "critic/score/mean" in r["data"]]
         assert steps == list(range(1, variants.QUICK.steps + 1))
-        assert any(report.val_key(r["data"]) for r in rows if r["step"] == 0)  # held-out accuracy before training
+        assert any(metrics.val_key(r["data"]) for r in rows if r["step"] == 0)  # held-out accuracy before training
 
 
 def test_plots_exist_and_show_every_variants_metrics(quick):
@@ -81,12 +81,12 @@ def test_plots_exist_and_show_every_variants_metrics(quick):
         img = mpimg.imread(png)
         assert img.shape[0] > 200 and img.shape[1] > 300 and float(img.std()) > 0.01, png
     shown = json.loads((out / "plots" / "data.json").read_text())
-    for spec in report.PLOTS:  # N=2: the second mini-batch is stale, so even the staleness KL is drawn
+    for spec in plots.PLOTS:  # N=2: the second mini-batch is stale, so even the staleness KL is drawn
         assert set(shown[spec.file]) == set(QUICK), spec.file
         for name in QUICK:
             rows = read_metrics(out / "runs" / name / "metrics.jsonl")
             assert [tuple(p) for p in shown[spec.file][name]] == [
-                p for p in report.series(rows, spec.keys) if not spec.log or p[1] > 0
+                p for p in metrics.series(rows, spec.keys) if not spec.log or p[1] > 0
             ]
     # the R2 run's per-layer route agreement is drawn (mini-batch one agrees by construction)
     r2 = [k for k in shown["route_agreement.png"] if k.startswith("n2_r2/update layer")]
@@ -100,8 +100,8 @@ def test_report_tables_every_variant_from_its_metrics(quick):
     for name in QUICK:
         assert f"(`{name}`)" in text
         rows = read_metrics(out / "runs" / name / "metrics.jsonl")
-        reward = report.series(rows, ("critic/score/mean",))
-        assert summary["variants"][name]["reward_last"] == pytest.approx(report.tail_mean(reward))
+        reward = metrics.series(rows, ("critic/score/mean",))
+        assert summary["variants"][name]["reward_last"] == pytest.approx(metrics.tail_mean(reward))
         assert math.isfinite(summary["variants"][name]["train_infer_kl"])
     assert "## The paper's findings, checked" in text
     assert all(f"![{p.stem}](plots/{p.name})" in text for p in (out / "plots").glob("*.png"))
@@ -134,7 +134,7 @@ def test_a_seed_reproduces_its_metrics(quick, tmp_path):
     assert b["actor/entropy"] == pytest.approx(a["actor/entropy"], rel=1e-3)
     assert b["actor/pg_loss"] == pytest.approx(a["actor/pg_loss"], rel=1e-2, abs=1e-6)
     assert b["rollout_corr/k3_kl"] == pytest.approx(a["rollout_corr/k3_kl"], rel=0.1)
-    val = report.val_key(first[0])
+    val = metrics.val_key(first[0])
     assert first[0][val] == second[0][val]  # held-out accuracy before training: same samples
     batch = prompts * variants.QUICK.group_size
     for step in range(2, steps + 1):

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from verl_stable.lab import report, variants
+from verl_stable.lab import findings, metrics, plots, report, variants
 
 TABLE = variants.grid()
 
@@ -23,12 +23,12 @@ def _rows(rewards, **extra) -> list[dict]:
 
 
 def test_collapse_needs_a_real_fall_and_enough_steps():
-    assert report.collapsed([(i, v) for i, v in enumerate([0.1, 0.2, 0.3, 0.4, 0.4, 0.5])]) is False
+    assert metrics.collapsed([(i, v) for i, v in enumerate([0.1, 0.2, 0.3, 0.4, 0.4, 0.5])]) is False
     falls = [0.3, 0.4, 0.5, 0.5, 0.4, 0.1, 0.0, 0.0, 0.05]
-    assert report.collapsed(list(enumerate(falls))) is True
-    assert report.collapsed(list(enumerate([0.05, 0.0, 0.0, 0.02, 0.0, 0.0]))) is False  # never learned: no collapse
-    assert report.collapsed(list(enumerate([0.3, 0.0]))) is None  # too short
-    assert report.collapsed(list(enumerate([0.3, 0.2])), [(1, float("nan"))]) is True  # NaN is never silent
+    assert metrics.collapsed(list(enumerate(falls))) is True
+    assert metrics.collapsed(list(enumerate([0.05, 0.0, 0.0, 0.02, 0.0, 0.0]))) is False  # never learned: no collapse
+    assert metrics.collapsed(list(enumerate([0.3, 0.0]))) is None  # too short
+    assert metrics.collapsed(list(enumerate([0.3, 0.2])), [(1, float("nan"))]) is True  # NaN is never silent
 
 
 def test_step_overhead_is_the_median_ratio_from_step_two():
@@ -39,8 +39,8 @@ def test_step_overhead_is_the_median_ratio_from_step_two():
         {"step": 3, "data": {**phases, "timing_s/step": 1.3}},
         {"step": 4, "data": {**phases, "timing_s/step": 5.0}},
     ]
-    assert report.step_overhead(rows) == pytest.approx(1.3)
-    assert math.isnan(report.step_overhead(rows[:1]))
+    assert metrics.step_overhead(rows) == pytest.approx(1.3)
+    assert math.isnan(metrics.step_overhead(rows[:1]))
 
 
 def test_findings_compare_with_a_margin_and_name_what_is_missing():
@@ -53,15 +53,15 @@ def test_findings_compare_with_a_margin_and_name_what_is_missing():
         "n2_r2": _rows(flat),
         "n2_r3": _rows([v + 0.01 for v in flat]),
     }
-    s = {n: report.summarize(TABLE[n], rows) for n, rows in runs.items()}
-    found = {f.claim: f for f in report.findings(s)}
+    s = {n: metrics.summarize(TABLE[n], rows) for n, rows in runs.items()}
+    found = {f.claim: f for f in findings.evaluate(s)}
     assert found["On-policy, w/o train-infer IS collapses (reward falls, entropy drops)"].status == "reproduced"
     assert found["R3 lowers the training-inference KL (on-policy)"].status == "reproduced"
     assert "1.000e-05" in found["R3 lowers the training-inference KL (on-policy)"].evidence
     # The verdict is the paired step-1 KL: a run whose later steps drift does not change it.
     runs["minirl_r3"] = _rows(up, **{"rollout_corr/k3_kl": [0.98e-4, 1e-6, 1e-6, 1e-6, 1e-6, 1e-6]})
-    s["minirl_r3"] = report.summarize(TABLE["minirl_r3"], runs["minirl_r3"])
-    found = {f.claim: f for f in report.findings(s)}
+    s["minirl_r3"] = metrics.summarize(TABLE["minirl_r3"], runs["minirl_r3"])
+    found = {f.claim: f for f in findings.evaluate(s)}
     assert found["R3 lowers the training-inference KL (on-policy)"].status == "not reproduced"  # 0.98x: within 5%
     assert found["R3 brings no gain on-policy (score within the margin of MiniRL, or lower)"].status == "reproduced"
     assert found["Off-policy N=2: MiniRL + R2 beats MiniRL + R3"].status == "inconclusive"  # 0.01 < MARGIN
@@ -82,4 +82,66 @@ def test_write_draws_the_plots_and_tables_every_variant(tmp_path):
     shown = json.loads((tmp_path / "plots" / "data.json").read_text())
     assert shown["reward.png"]["n2_r2"] == [[1, 0.1], [2, 0.3]]
     assert sorted(shown["route_agreement.png"]) == ["n2_r2/update layer 0", "n2_r2/update layer 1"]
-    assert len(list((tmp_path / "plots").glob("*.png"))) == len(report.PLOTS) + 2  # + route agreement, overview
+    assert len(list((tmp_path / "plots").glob("*.png"))) == len(plots.PLOTS) + 2  # + route agreement, overview
+
+
+def test_every_claim_names_the_grid_and_claims_on_variants_not_run_are_not_tested():
+    variants.check_claims(variants.CLAIMS, TABLE)
+    found = findings.evaluate({})
+    assert [f.claim for f in found] == [c.text for c in variants.CLAIMS]
+    assert {f.status for f in found} == {"not tested"}
+    assert "n4_r3_no_clip" in next(f for f in found if f.claim.startswith("Off-policy N=4: without clipping")).evidence
+
+
+def test_a_claim_on_a_variant_the_grid_lacks_fails_loudly():
+    renamed = variants.Claim("N=2 without clipping collapses", "a collapses", "n2_no_clip", ("n2_r2",))
+    with pytest.raises(ValueError, match=r"names variant\(s\) \['n2_no_clip'\]"):
+        variants.check_claims([renamed], TABLE)
+    with pytest.raises(ValueError, match="expect='a>>b'"):
+        variants.check_claims([variants.Claim("typo", "a>>b", "n2_r2", ("n2_r3",))], TABLE)
+
+
+def test_off_policy_ablations_are_judged_against_the_stable_replay_at_their_n():
+    up = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    runs = {
+        "n4_r3": _rows(up),
+        "n4_r3_no_clip": _rows([0.3, 0.5, 0.6, 0.2, 0.0, 0.0]),  # collapses
+        "n4_no_replay": _rows([0.1, 0.1, 0.2, 0.2, 0.2, 0.2]),  # does not collapse, trains worse than R3
+        "n4_r2": _rows([v - 0.1 for v in up]),
+    }
+    s = {n: metrics.summarize(TABLE[n], rows) for n, rows in runs.items()}
+    found = {f.claim: f for f in findings.evaluate(s)}
+    no_clip = found["Off-policy N=4: without clipping the run collapses (or trains worse than with clipping + R3)"]
+    assert no_clip.status == "reproduced" and "n4_r3_no_clip collapsed" in no_clip.evidence
+    no_replay = found["Off-policy N=4: without routing replay the run collapses (or trains worse than MiniRL + R3)"]
+    assert no_replay.status == "reproduced" and "n4_r3 0.550 vs n4_no_replay 0.200" in no_replay.evidence
+    assert found["Off-policy N=4: MiniRL + R3 beats MiniRL + R2"].status == "reproduced"
+    assert found["Off-policy N=2: MiniRL + R2 beats MiniRL + R3"].status == "not tested"
+
+
+def test_rewrite_rebuilds_the_report_from_the_saved_run_and_refuses_a_variant_the_grid_lost(tmp_path, capsys):
+    runs = {"minirl": _rows([0.1, 0.2]), "n2_r2": _rows([0.1, 0.3])}
+    for name, rows in runs.items():
+        (tmp_path / "runs" / name).mkdir(parents=True)
+        (tmp_path / "runs" / name / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    meta = {"runs": {name: {"returncode": 0} for name in runs}, "wall_s": 1.0}
+    written = report.write(tmp_path, [TABLE[n] for n in runs], runs, meta).read_text()
+    (tmp_path / "report.md").unlink()
+    assert report.main([str(tmp_path)]) == 0
+    assert (tmp_path / "report.md").read_text() == written
+    saved = json.loads((tmp_path / "summary.json").read_text())
+    saved["meta"]["runs"]["n2_no_clip"] = {"returncode": 0}  # a variant of an older grid
+    (tmp_path / "summary.json").write_text(json.dumps(saved))
+    assert report.main([str(tmp_path)]) == 2
+    assert "['n2_no_clip']" in capsys.readouterr().err
+
+
+def test_console_reads_the_held_out_key_of_the_callers_data_source():
+    from verl_stable.apps import console
+
+    row = {"step": 3, "data": {"val-core/other/reward/mean@1": 0.25, "val-core/mine/acc/mean@4": 0.75}}
+    assert "val_acc 0.750" in console.step_line(row, 3, console.val_keys("mine", 4))
+    assert "val_acc 0.250" in console.step_line(row, 3)  # no data source: the first val-core key the row has
+    assert console.val_keys("mine", 4) == ("val-core/mine/acc/mean@4", "val-core/mine/reward/mean@4")
+    table = console.summary_table([row], console.val_keys("mine", 4))
+    assert "val_acc" in table and "0.750" in table

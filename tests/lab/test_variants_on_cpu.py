@@ -126,7 +126,7 @@ def test_variants_share_seeds_data_sizes_and_the_fast_sampler(base_config):
     assert base["actor_rollout_ref.rollout.quantization"] == "fp8"  # the lab's default mismatch: FP8 rollout
 
 
-@pytest.mark.parametrize("name", ["minirl", "minirl_r3", "n4_r2_no_clip", "n2_r3"])
+@pytest.mark.parametrize("name", ["minirl", "minirl_r3", "n4_r3_no_clip", "n2_r3"])
 def test_variant_configs_pass_verl_stables_validation(tmp_path, name):
     v = TABLE[name]
     overrides = run.variant_overrides(v, run.Args(size=variants.GridSize(3, PROMPTS)), _base(tmp_path))
@@ -136,11 +136,28 @@ def test_variant_configs_pass_verl_stables_validation(tmp_path, name):
 
 def test_the_grid_holds_the_papers_comparisons():
     names = set(TABLE)
-    for n in (2, 4):
-        assert {f"n{n}_no_clip", f"n{n}_r2_no_clip", f"n{n}_r2", f"n{n}_r3"} <= names
-    assert {"minirl", "minirl_no_is", "minirl_length_norm", "minirl_r3"} <= names
+    # no clipping is ablated from the replay mode that is stable at N (R2 at N=2, R3 at N=4), as in the recipes
+    assert {"n2_r2_no_clip", "n2_no_replay", "n2_r2", "n2_r3"} <= names
+    assert {"n4_r3_no_clip", "n4_no_replay", "n4_r2", "n4_r3"} <= names
+    assert {"minirl", "minirl_no_is", "minirl_length_norm", "minirl_no_clip", "minirl_r3"} <= names
     assert {f"cold_{c}_r2" for c in addition_setup().cold_starts} <= names
     assert set(variants.DEFAULT_VARIANTS) <= names and set(variants.QUICK_VARIANTS) <= names
+
+
+def test_the_labs_cells_are_the_recipes_cells_scaled_down():
+    """The lab and the recipes read one cell table: every recipe cell with an N the lab runs is a lab variant with the
+    same loss preset, replay mode and N, and every lab variant (cold starts included) runs a recipe cell."""
+    from verl_stable.apps import recipes
+
+    cells = recipes.grid_cells()
+    lab = {v.cell: v for v in TABLE.values() if v.regime != "cold start"}
+    assert set(lab) == {name for name, c in cells.items() if int(c["offpolicy"][1:]) in variants.LAB_N}
+    for v in TABLE.values():
+        c = cells[v.cell]
+        replay = [p.split("=", 1)[1] for p in v.presets if p.startswith("routing_replay=")]
+        assert f"algorithm={c['algorithm']}" in v.presets, v.name
+        assert replay == ([c["routing_replay"]] if c["routing_replay"] else []), v.name
+        assert v.n_minibatches == int(c["offpolicy"][1:]), v.name
 
 
 def test_unknown_variant_and_indivisible_batch_are_refused():

@@ -33,6 +33,16 @@ def test_the_grid_has_every_paper_cell_on_both_backends():
     assert {"smoke@fsdp", "smoke@megatron", "cpu_tiny_moe"} <= names
 
 
+def test_grid_yaml_is_the_rendering_of_the_one_grid_declaration():
+    from verl_stable import grid
+
+    path = recipes.RECIPES_DIR / recipes.GRID_RECIPE / "grid.yaml"
+    assert path.read_text() == grid.grid_yaml(), "rewrite it: python -m verl_stable.grid > " + str(path)
+    table = OmegaConf.to_container(OmegaConf.load(path))
+    assert {name: {**choices, "regime": regime} for regime, cells in table.items() for name, choices in cells.items()} \
+        == recipes.grid_cells()
+
+
 COLD_START_MODEL = f"actor_rollout_ref.model.path={recipes.MODELS_DIR / 'qwen3_next_cold_start'}"
 
 

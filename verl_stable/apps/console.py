@@ -22,20 +22,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
+from verl_stable.losses import METRICS as LOSS_METRICS
+from verl_stable.routing.agreement import METRICS as ROUTING_METRICS
+
+# verl's own step metrics that the console and the lab read (verl logs them; nothing here produces them).
+REWARD = "critic/score/mean"
+PG_LOSS = "actor/pg_loss"
+ENTROPY = "actor/entropy"
+TRAIN_INFER_KL_K3 = "rollout_corr/k3_kl"
+TRAIN_INFER_KL_K1 = "rollout_corr/kl"
+STEP_TIME = "timing_s/step"
+#: Stands for the held-out accuracy in a column's keys: the caller's :func:`val_keys`, else any task's.
+HELD_OUT = "<held-out>"
+
 #: (column title, metric keys tried in order, format). The compact step line and the final table.
 COLUMNS: tuple[tuple[str, tuple[str, ...], str], ...] = (
-    ("reward", ("critic/score/mean",), "{:.3f}"),
-    ("val_acc", ("val-core/addition/acc/mean@1", "val-core/addition/reward/mean@1"), "{:.3f}"),
-    ("pg_loss", ("actor/pg_loss",), "{:+.4f}"),
-    ("clipfrac", ("actor/pg_clipfrac",), "{:.3f}"),
+    ("reward", (REWARD,), "{:.3f}"),
+    ("val_acc", (HELD_OUT,), "{:.3f}"),
+    ("pg_loss", (PG_LOSS,), "{:+.4f}"),
+    ("clipfrac", (LOSS_METRICS.CLIPFRAC,), "{:.3f}"),
     # k3 (non-negative, low variance) rather than verl's k1 rollout_corr/kl, which is negative on small batches
-    ("train_infer_kl", ("rollout_corr/k3_kl", "rollout_corr/kl"), "{:.2e}"),
-    ("route_mismatch", ("actor/routing/old_pass/tokens_mismatch_any_layer",), "{:.2%}"),
-    ("entropy", ("actor/entropy",), "{:.3f}"),
-    ("step_s", ("timing_s/step",), "{:.1f}"),
+    ("train_infer_kl", (TRAIN_INFER_KL_K3, TRAIN_INFER_KL_K1), "{:.2e}"),
+    (
+        "route_mismatch",
+        (ROUTING_METRICS.logged(ROUTING_METRICS.TOKENS_MISMATCH_ANY_LAYER, ROUTING_METRICS.OLD_PASS),),
+        "{:.2%}",
+    ),
+    ("entropy", (ENTROPY,), "{:.3f}"),
+    ("step_s", (STEP_TIME,), "{:.1f}"),
 )
 
 _VAL_ACC = re.compile(r"^val-core/.*/(acc|reward)/mean@\d+$")
+
+
+def val_keys(data_source: str, n: int = 1) -> tuple[str, str]:
+    """verl's held-out metrics for one data source (``val-core/{data_source}/{var}/mean@{n}``, n samples per
+    prompt): accuracy when the scorer reports one, else the reward."""
+    return (f"val-core/{data_source}/acc/mean@{n}", f"val-core/{data_source}/reward/mean@{n}")
 
 
 def read_metrics(path: str | Path) -> list[dict]:
@@ -54,14 +77,17 @@ def read_metrics(path: str | Path) -> list[dict]:
     return rows
 
 
-def _value(data: dict, keys: Sequence[str]):
+def _value(data: dict, keys: Sequence[str], held_out: Sequence[str] = ()):
     for key in keys:
-        if key in data:
+        if key == HELD_OUT:
+            for exact in held_out:
+                if exact in data:
+                    return data[exact]
+            for name, value in data.items():  # any task's validation accuracy
+                if _VAL_ACC.match(name):
+                    return value
+        elif key in data:
             return data[key]
-    if keys and keys[0].startswith("val-core/"):  # any task's validation accuracy
-        for key, value in data.items():
-            if _VAL_ACC.match(key):
-                return value
     return None
 
 
@@ -71,26 +97,30 @@ def _cell(value, fmt: str) -> str:
     return "-"
 
 
-def step_line(row: dict, total_steps: Optional[int] = None) -> str:
-    """``step 2/3  reward 0.094  pg_loss -0.0123  clipfrac 0.000  train_infer_kl 1.2e-05  step_s 2.4``."""
+def step_line(row: dict, total_steps: Optional[int] = None, held_out: Sequence[str] = ()) -> str:
+    """``step 2/3  reward 0.094  pg_loss -0.0123  clipfrac 0.000  train_infer_kl 1.2e-05  step_s 2.4``.
+    ``held_out``: the task's :func:`val_keys` (without, the first ``val-core/.../mean@k`` the row has)."""
     data = row.get("data", row)
     step = row.get("step", "?")
     parts = [f"step {step}/{total_steps}" if total_steps else f"step {step}"]
     for title, keys, fmt in COLUMNS:
-        value = _value(data, keys)
+        value = _value(data, keys, held_out)
         if value is not None:
             parts.append(f"{title} {_cell(value, fmt)}")
     return "  ".join(parts)
 
 
-def summary_table(rows: list[dict]) -> str:
-    """A per-step table of :data:`COLUMNS` (columns no step reported are left out)."""
-    present = [(t, k, f) for t, k, f in COLUMNS if any(_value(r.get("data", r), k) is not None for r in rows)]
+def summary_table(rows: list[dict], held_out: Sequence[str] = ()) -> str:
+    """A per-step table of :data:`COLUMNS` (columns no step reported are left out); ``held_out`` as in
+    :func:`step_line`."""
+    present = [
+        (t, k, f) for t, k, f in COLUMNS if any(_value(r.get("data", r), k, held_out) is not None for r in rows)
+    ]
     widths = [max(len(t), 9) for t, _, _ in present]
     lines = ["step  " + "  ".join(f"{t:>{w}}" for (t, _, _), w in zip(present, widths))]
     for row in rows:
         data = row.get("data", row)
-        cells = [f"{_cell(_value(data, k), f):>{w}}" for (_, k, f), w in zip(present, widths)]
+        cells = [f"{_cell(_value(data, k, held_out), f):>{w}}" for (_, k, f), w in zip(present, widths)]
         lines.append(f"{row.get('step', '?'):>4}  " + "  ".join(cells))
     return "\n".join(lines)
 

@@ -188,7 +188,7 @@ def _main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from verl_stable import validation
-    from verl_stable.tasks.addition import build_dataset, build_model_dir
+    from verl_stable.tasks.addition import DATA_SOURCE, build_dataset, build_model_dir
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars for a one-shard tiny model
 
@@ -238,6 +238,8 @@ def _main(argv: list[str] | None = None) -> int:
     _Phase.now = "starting Ray and verl's trainer"
     start = time.monotonic()
     rows: list[dict] = []
+    # verl's validation (one sample per prompt: verl's val_kwargs.n default) of the addition task
+    held_out = console.val_keys(DATA_SOURCE)
 
     def on_row(row: dict) -> None:
         _Phase.now = f"training (after step {row.get('step')})"
@@ -246,7 +248,7 @@ def _main(argv: list[str] | None = None) -> int:
             console.append_rows(metrics, [row], **fields)
         except OSError as exc:  # disk full, or the run dir deleted: keep going, say it at the end
             fields.setdefault("_lost", f"{type(exc).__name__}: {exc}")
-        print(f"[demo] {console.step_line(row, total)}", flush=True)
+        print(f"[demo] {console.step_line(row, total, held_out)}", flush=True)
 
     rc = console.run_logged(
         [sys.executable, "-m", "verl_stable.main", *overrides],
@@ -276,7 +278,7 @@ def _main(argv: list[str] | None = None) -> int:
         return 1
     what = f"resumed at step {resume_from}, trained to step {total}" if resume_from is not None else "done"
     print(f"[demo] {what}: {len(rows)} steps in {elapsed:.0f} s")
-    print(console.summary_table(rows))
+    print(console.summary_table(rows, held_out))
     print(f"[demo] metrics: {metrics}   log: {log}")
     return 0
 

@@ -60,13 +60,17 @@ class Args:
 
 @dataclass
 class VariantRun:
-    name: str
+    variant: vt.Variant
     run_dir: Path
     rows: list[dict]
     returncode: int
     wall_s: float
     first_step_s: float | None
     overrides: list[str]
+
+    @property
+    def name(self) -> str:
+        return self.variant.name
 
 
 @contextlib.contextmanager
@@ -163,7 +167,7 @@ def run_variant(
     *,
     index: int,
     count: int,
-    steps: int,
+    size: vt.GridSize,
     verbose: bool = False,
 ) -> VariantRun:
     """One ``python -m verl_stable.main`` run; one console line per step (``[lab] 2/5 minirl step 3/8 ...``)."""
@@ -183,9 +187,9 @@ def run_variant(
         if not first:
             first.append(time.monotonic() - start)
         rows.append(row)
-        print(f"{tag} {console.step_line(row, steps)}", flush=True)
+        print(f"{tag} {console.step_line(row, size.steps)}", flush=True)
 
-    print(f"{tag} start: {variant.label}  ({' '.join(variant.overrides(_prompts(overrides)))})", flush=True)
+    print(f"{tag} start: {variant.label}  ({' '.join(variant.overrides(size.prompts_per_step))})", flush=True)
     rc = console.run_logged(
         cmd, log_path=log, metrics_path=metrics, on_row=on_row, env=_env(metrics), cwd=run_dir, verbose=verbose
     )
@@ -198,14 +202,7 @@ def run_variant(
         print(
             f"{tag} done: {len(rows)} rows in {wall:.0f} s (first step after {first[0] if first else float('nan'):.0f} s)"
         )
-    return VariantRun(variant.name, run_dir, rows, rc, wall, first[0] if first else None, overrides)
-
-
-def _prompts(overrides: list[str]) -> int:
-    for item in reversed(overrides):
-        if item.startswith("data.train_batch_size="):
-            return int(item.split("=", 1)[1])
-    raise ValueError("data.train_batch_size missing from the lab's overrides")
+    return VariantRun(variant, run_dir, rows, rc, wall, first[0] if first else None, overrides)
 
 
 def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
@@ -262,7 +259,7 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
                 out / "runs" / v.name,
                 index=i,
                 count=len(chosen),
-                steps=size.steps,
+                size=size,
                 verbose=args.verbose,
             )
         )
@@ -287,7 +284,7 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
         },
         "platform": _platform(),
     }
-    path = report.write(out, [table[r.name] for r in runs], {r.name: r.rows for r in runs}, meta)
+    path = report.write(out, [r.variant for r in runs], {r.name: r.rows for r in runs}, meta)
     failed = [r.name for r in runs if r.returncode != 0]
     print(f"[lab] done in {time.monotonic() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     print(f"[lab] report: {path}")

@@ -1,20 +1,18 @@
-"""The lab's grid: the paper's comparisons (arXiv 2512.01374; docs/method.md §4), one row per variant.
+"""The lab's grid: the paper's cells (:mod:`verl_stable.grid`, the table the recipes launch) scaled down to a CPU,
+and the paper's findings as declared :class:`Claim` rows on them.
 
 Every variant is a run of ``python -m verl_stable.main`` on the same base (same seed, data, model and sizes):
 its row names the presets and overrides it adds, and nothing else differs. Off-policy variants split the
 global batch into N mini-batches (``ppo_mini_batch_size`` = prompts per step / N), i.e. N gradient steps per
 rollout; the cold-start rows change only the model they start from.
 
-    name               regime          adds
-    minirl             on-policy       algorithm=minirl
-    minirl_no_is       on-policy       algorithm=minirl_no_is
-    minirl_length_norm on-policy       algorithm=minirl_length_norm
-    minirl_r3          on-policy       algorithm=minirl routing_replay=R3
-    n2_no_clip ...     off-policy N=2  algorithm=minirl_no_clip (+ mini-batch = batch / 2)
-    n2_r2_no_clip      off-policy N=2  algorithm=minirl_no_clip routing_replay=R2
-    n2_r2 / n2_r3      off-policy N=2  algorithm=minirl routing_replay=R2 / R3
-    n4_*               off-policy N=4  the same four
-    cold_<name>_r2     cold start      algorithm=minirl routing_replay=R2, N=2, model from cold start <name>
+    name               cell                   regime          adds
+    minirl ...         minirl ...             on-policy       the cell's algorithm / routing_replay presets
+    n2_r2 / n2_r3      minirl_r2_n2 / ..._r3  off-policy N=2  algorithm=minirl routing_replay=R2 / R3 (+ mini-batch)
+    n2_r2_no_clip      minirl_no_clip_r2_n2   off-policy N=2  algorithm=minirl_no_clip routing_replay=R2
+    n2_no_replay       minirl_no_replay_n2    off-policy N=2  algorithm=minirl
+    n4_*               ..._n4                 off-policy N=4  the same four, the no-clip one with R3 (stable at N=4)
+    cold_<name>_r2     --                     cold start      algorithm=minirl routing_replay=R2, N=2, model <name>
 """
 
 from __future__ import annotations
@@ -22,7 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping, Sequence
 
+from verl_stable import grid as paper
+
 MINI_BATCH_KEY = "actor_rollout_ref.actor.ppo_mini_batch_size"
+#: The Ns the lab runs. The lab's 8 prompts a step leave one prompt per mini-batch at N=8, a run the paper's
+#: N=8 cells (1,024-response mini-batches) do not resemble; N=4 already shows the R2 / R3 reversal.
+LAB_N: tuple[int, ...] = (1, 2, 4)
 
 
 @dataclass(frozen=True)
@@ -36,6 +39,8 @@ class Variant:
     cold_start: str = "default"
     extra: tuple[str, ...] = ()
     what: str = ""
+    #: the paper's cell this variant runs scaled down (:data:`verl_stable.grid.CELLS`); "" for the cold starts
+    cell: str = ""
 
     def overrides(self, prompts_per_step: int) -> list[str]:
         """The Hydra overrides this variant adds to the lab's base (sizes in prompts, as verl counts them)."""
@@ -52,39 +57,57 @@ class Variant:
         return self.what or self.name
 
 
-def _offpolicy(n: int) -> list[Variant]:
-    regime = f"off-policy N={n}"
-    return [
-        Variant(f"n{n}_no_clip", regime, ("algorithm=minirl_no_clip",), n, what=f"MiniRL w/o clipping, N={n}"),
-        Variant(
-            f"n{n}_r2_no_clip",
-            regime,
-            ("algorithm=minirl_no_clip", "routing_replay=R2"),
-            n,
-            what=f"MiniRL + R2 w/o clipping, N={n}",
-        ),
-        Variant(f"n{n}_r2", regime, ("algorithm=minirl", "routing_replay=R2"), n, what=f"MiniRL + R2, N={n}"),
-        Variant(f"n{n}_r3", regime, ("algorithm=minirl", "routing_replay=R3"), n, what=f"MiniRL + R3, N={n}"),
-    ]
+_LOSS_WORDS = {
+    "minirl": "MiniRL",
+    "minirl_no_is": "MiniRL w/o train-infer IS",
+    "minirl_length_norm": "MiniRL w/ length-norm",
+    "minirl_no_clip": "MiniRL w/o clipping",
+}
 
 
-ON_POLICY: list[Variant] = [
-    Variant("minirl", "on-policy", ("algorithm=minirl",), what="MiniRL"),
-    Variant("minirl_no_is", "on-policy", ("algorithm=minirl_no_is",), what="MiniRL w/o train-infer IS"),
-    Variant("minirl_length_norm", "on-policy", ("algorithm=minirl_length_norm",), what="MiniRL w/ length-norm"),
-    Variant("minirl_r3", "on-policy", ("algorithm=minirl", "routing_replay=R3"), what="MiniRL + R3"),
-]
+def variant_name(cell: paper.Cell) -> str:
+    """The lab's short name: the cell's own on-policy, ``n<N>_<replay>[_no_clip]`` off-policy."""
+    if cell.n == 1:
+        return cell.name
+    replay = cell.replay.lower() if cell.replay else "no_replay"
+    return f"n{cell.n}_{replay}" + ("_no_clip" if cell.loss == "minirl_no_clip" else "")
+
+
+def from_cell(cell: paper.Cell) -> Variant:
+    loss = _LOSS_WORDS[cell.loss]
+    if cell.n == 1:
+        what = f"{loss} + {cell.replay}" if cell.replay else loss
+        return Variant(variant_name(cell), "on-policy", cell.choices, what=what, cell=cell.name)
+    if cell.replay:
+        base, _, ablation = loss.partition(" w/o ")
+        what = f"{base} + {cell.replay}" + (f" w/o {ablation}" if ablation else "")
+    else:
+        what = f"{loss} w/o routing replay"
+    return Variant(
+        variant_name(cell), f"off-policy N={cell.n}", cell.choices, cell.n, what=f"{what}, N={cell.n}", cell=cell.name
+    )
+
+
+#: The paper's cells the lab runs, in the grid's order.
+CELL_VARIANTS: tuple[Variant, ...] = tuple(from_cell(c) for c in paper.CELLS if c.n in LAB_N)
+ON_POLICY: list[Variant] = [v for v in CELL_VARIANTS if v.n_minibatches == 1]
+
+
+#: The cell the cold-start rows run from each model: MiniRL + R2 at N=2, the paper's stable off-policy setting.
+COLD_START_CELL = "minirl_r2_n2"
 
 
 def cold_start_variants(cold_starts: Iterable[str]) -> list[Variant]:
+    cell = paper.by_name()[COLD_START_CELL]
     return [
         Variant(
             f"cold_{name}_r2",
             "cold start",
-            ("algorithm=minirl", "routing_replay=R2"),
-            2,
+            cell.choices,
+            cell.n,
             cold_start=name,
-            what=f"MiniRL + R2, N=2, cold start {name}",
+            what=f"MiniRL + R2, N={cell.n}, cold start {name}",
+            cell=cell.name,
         )
         for name in cold_starts
     ]
@@ -92,7 +115,7 @@ def cold_start_variants(cold_starts: Iterable[str]) -> list[Variant]:
 
 def grid(cold_starts: Iterable[str] = ("default",)) -> dict[str, Variant]:
     """The whole grid (``lab --full``), by name, in the order the report lists it."""
-    variants = [*ON_POLICY, *_offpolicy(2), *_offpolicy(4), *cold_start_variants(cold_starts)]
+    variants = [*CELL_VARIANTS, *cold_start_variants(cold_starts)]
     return {v.name: v for v in variants}
 
 
@@ -134,3 +157,98 @@ class GridSize:
 QUICK = GridSize(steps=2, prompts_per_step=4)
 DEFAULT = GridSize(steps=16, prompts_per_step=8, eval_every=8)
 FULL = GridSize(steps=30, prompts_per_step=8, eval_every=5)
+
+
+# ----------------------------------------------------------------------------------------------- the paper's claims
+#: How a :class:`Claim` reads its variants (one evaluator, :func:`verl_stable.lab.findings.evaluate`). "Beats" means
+#: by more than the report's margin; a comparison inside it is inconclusive.
+EXPECTS: dict[str, str] = {
+    "a>b": "a's metric beats that of every b that ran (at least one must)",
+    "a<=b": "a's metric does not beat b's: no gain",
+    "a<b": "a's metric is below (1 - the KL margin) x b's",
+    "a collapses": "a collapses; where it does not, b beating a reproduces the claim (trains worse)",
+    "converge": "the variants of `regime` that ran end within the margin of each other, or closer than they started",
+}
+
+
+@dataclass(frozen=True)
+class Claim:
+    """One finding of the paper (arXiv 2512.01374), stated on the lab's variants."""
+
+    text: str
+    expect: str  # a key of EXPECTS
+    a: str = ""
+    b: tuple[str, ...] = ()
+    metric: str = "score"  # a field of verl_stable.lab.metrics.Summary
+    #: how the evidence names the metric, where its field name alone would not say what was compared
+    measure: str = ""
+    #: a second metric shown beside the judged one, not judged
+    shown: str = ""
+    regime: str = ""  # "converge": every variant of this regime
+
+
+def _off_policy_claims(n: int) -> tuple[Claim, ...]:
+    """The paper's off-policy findings at N, on the replay mode the grid keeps stable there (and the other one)."""
+    stable = paper.STABLE_REPLAY[n]
+    other = "R3" if stable == "R2" else "R2"
+    s, o = f"n{n}_{stable.lower()}", f"n{n}_{other.lower()}"
+    return (
+        Claim(
+            f"Off-policy N={n}: without clipping the run collapses (or trains worse than with clipping + {stable})",
+            "a collapses",
+            f"{s}_no_clip",
+            (s,),
+        ),
+        Claim(
+            f"Off-policy N={n}: without routing replay the run collapses (or trains worse than MiniRL + {stable})",
+            "a collapses",
+            f"n{n}_no_replay",
+            (s,),
+        ),
+        Claim(f"Off-policy N={n}: MiniRL + {stable} beats MiniRL + {other}", "a>b", s, (o,)),
+    )
+
+
+CLAIMS: tuple[Claim, ...] = (
+    Claim(
+        "On-policy, MiniRL is best: it beats w/o train-infer IS, w/ length-norm and + R3",
+        "a>b",
+        "minirl",
+        ("minirl_no_is", "minirl_length_norm", "minirl_r3"),
+    ),
+    Claim("On-policy, w/o train-infer IS collapses (reward falls, entropy drops)", "a collapses", "minirl_no_is"),
+    Claim("On-policy, length normalisation trains worse than MiniRL", "a>b", "minirl", ("minirl_length_norm",)),
+    # Step 1 is paired: both runs start from the same weights and sample the same responses, so the KL differs
+    # only by the routes the π_old pass uses. Later steps' KLs follow diverged weights and spike by 10x from
+    # step to step: their means are shown, not judged.
+    Claim(
+        "R3 lowers the training-inference KL (on-policy)",
+        "a<b",
+        "minirl_r3",
+        ("minirl",),
+        metric="train_infer_kl_step1",
+        measure="step-1 rollout_corr/k3_kl (same weights and samples)",
+        shown="train_infer_kl",
+    ),
+    Claim("R3 brings no gain on-policy (score within the margin of MiniRL, or lower)", "a<=b", "minirl_r3", ("minirl",)),
+    *(claim for n in LAB_N if n > 1 for claim in _off_policy_claims(n)),
+    Claim("Different cold starts with MiniRL + R2 converge to similar final scores", "converge", regime="cold start"),
+)
+
+
+def check_claims(claims: Sequence[Claim], table: Mapping[str, Variant]) -> None:
+    """Refuse a claim that names a variant or regime the grid does not have, or an unknown relation: a renamed
+    variant must fail here, not turn its finding into "not tested"."""
+    for claim in claims:
+        if claim.expect not in EXPECTS:
+            raise ValueError(f"claim {claim.text!r}: expect={claim.expect!r} is not one of {list(EXPECTS)}")
+        unknown = [n for n in (claim.a, *claim.b) if n and n not in table]
+        if unknown:
+            raise ValueError(f"claim {claim.text!r} names variant(s) {unknown} the lab's grid does not have")
+        if claim.regime and not any(v.regime == claim.regime for v in table.values()):
+            raise ValueError(f"claim {claim.text!r} names regime {claim.regime!r} no variant of the grid has")
+        if not (claim.a or claim.regime):
+            raise ValueError(f"claim {claim.text!r} names no variant")
+
+
+check_claims(CLAIMS, grid())

@@ -49,7 +49,7 @@ import torch
 if TYPE_CHECKING:  # the container never imports this module; this module only reads Routes
     from verl_stable.routing.routes import Routes
 
-__all__ = ["AgreementCounts", "AgreementCounter", "count_agreement", "route_agreement"]
+__all__ = ["METRICS", "AgreementCounts", "AgreementCounter", "count_agreement", "route_agreement"]
 
 
 def _same_and_shared(native: torch.Tensor, replayed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +60,27 @@ def _same_and_shared(native: torch.Tensor, replayed: torch.Tensor) -> tuple[torc
     same = (x == y).all(-1)
     shared = (x.unsqueeze(-1) == y.unsqueeze(-2)).any(-1).sum(-1).double() / max(native.shape[-1], 1)
     return same, shared
+
+
+class METRICS:
+    """The names :meth:`AgreementCounts.to_metrics` logs, and where they land in verl's step metrics: readers
+    import these (``METRICS.logged(METRICS.AGREEMENT_MEAN)`` is ``actor/routing/agreement_mean``)."""
+
+    #: ``to_metrics`` prefixes: every update mini-batch, and the π_old pass
+    UPDATE = "routing/"
+    OLD_PASS = "routing/old_pass/"
+    #: what verl's v1 trainer puts in front of the update's metrics
+    ACTOR = "actor/"
+    TOKENS_WITHOUT_ROUTE = "tokens_without_route"
+    AGREEMENT_LAYER = "agreement_layer_"  # + the layer's position on the Routes layer axis
+    AGREEMENT_MEAN = "agreement_mean"
+    EXPERT_OVERLAP_MEAN = "expert_overlap_mean"
+    TOKENS_MISMATCH_ANY_LAYER = "tokens_mismatch_any_layer"
+
+    @staticmethod
+    def logged(name: str, prefix: str = UPDATE) -> str:
+        """The key verl's step metrics carry for ``name`` under ``prefix`` (:attr:`UPDATE` or :attr:`OLD_PASS`)."""
+        return f"{METRICS.ACTOR}{prefix}{name}"
 
 
 @dataclass(frozen=True)
@@ -118,21 +139,21 @@ class AgreementCounts:
         total = self.compared + float(self.without_route)
         return (self.without_route / total).float() if total else torch.tensor(float("nan"))
 
-    def to_metrics(self, prefix: str = "routing/") -> dict[str, float]:
+    def to_metrics(self, prefix: str = METRICS.UPDATE) -> dict[str, float]:
         """The metric dict of the module docstring. NaN-free: counts with no compared token report only
         ``tokens_without_route``."""
         out: dict[str, float] = {}
         compared, without = self.compared, float(self.without_route)
         if compared + without:
-            out[f"{prefix}tokens_without_route"] = without / (compared + without)
+            out[f"{prefix}{METRICS.TOKENS_WITHOUT_ROUTE}"] = without / (compared + without)
         if compared == 0:
             return out
         per_layer = self.same_set / self.tokens.clamp_min(1)
         for i, v in enumerate(per_layer.tolist()):
-            out[f"{prefix}agreement_layer_{i}"] = v
-        out[f"{prefix}agreement_mean"] = float(per_layer.mean())
-        out[f"{prefix}expert_overlap_mean"] = float((self.shared / self.tokens.clamp_min(1)).mean())
-        out[f"{prefix}tokens_mismatch_any_layer"] = float(self.mismatch_any_layer) / compared
+            out[f"{prefix}{METRICS.AGREEMENT_LAYER}{i}"] = v
+        out[f"{prefix}{METRICS.AGREEMENT_MEAN}"] = float(per_layer.mean())
+        out[f"{prefix}{METRICS.EXPERT_OVERLAP_MEAN}"] = float((self.shared / self.tokens.clamp_min(1)).mean())
+        out[f"{prefix}{METRICS.TOKENS_MISMATCH_ANY_LAYER}"] = float(self.mismatch_any_layer) / compared
         return out
 
 

@@ -5,7 +5,8 @@
     python -m verl_stable.apps.recipes dry-run minirl_r3_n4 --backend fsdp [overrides...]   # compose + validate + memory
 
 A recipe is a primary Hydra config under ``recipes/`` (composed on verl-stable's ``base/trainer``); a grid cell is
-a set of group choices on it (``recipes/qwen3_30b_a3b/grid.yaml``). Launch any of them with
+a set of group choices on it, declared once in :mod:`verl_stable.grid` (``recipes/qwen3_30b_a3b/grid.yaml`` is that
+table rendered). Launch any of them with
 ``python -m verl_stable.main --config-path=<abs recipe dir> --config-name=<recipe> <choices> <overrides>``.
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from verl_stable import grid
 from verl_stable.apps.recipes.checks import check_model_context, check_model_routes, check_sequence_parallel, recipe_issues
 from verl_stable.apps.recipes.models import HUB_MODELS, MODELS_DIR, ModelShape, model_shape
 from verl_stable.apps.recipes.plan import Plan, memory_plan
@@ -59,9 +61,10 @@ class Recipe:
 
 
 def grid_cells(recipes_dir: Path = RECIPES_DIR) -> dict[str, dict]:
-    """``{cell: {algorithm, routing_replay, offpolicy, regime}}`` from ``qwen3_30b_a3b/grid.yaml``."""
-    grid = OmegaConf.to_container(OmegaConf.load(recipes_dir / GRID_RECIPE / "grid.yaml"))
-    return {name: {**choices, "regime": regime} for regime, cells in grid.items() for name, choices in cells.items()}
+    """``{cell: {algorithm, routing_replay, offpolicy, regime}}`` from :data:`verl_stable.grid.CELLS` (the cells do not
+    depend on ``recipes_dir``; ``grid.yaml`` under it is their rendering, checked by tests/recipes)."""
+    return {c.name: {"algorithm": c.loss, "routing_replay": c.replay, "offpolicy": c.offpolicy, "regime": c.regime}
+            for c in grid.CELLS}
 
 
 def all_recipes(recipes_dir: Path = RECIPES_DIR) -> list[Recipe]:
