@@ -60,13 +60,6 @@ def check_model(config) -> Iterator[ConfigIssue]:
         )
 
 
-def check_model_shape(config) -> Iterator[ConfigIssue]:
-    """The run against its model's config.json (a local directory, or the copy shipped for a known hub id):
-    context vs positions, the routes' shape, sequence parallelism the family supports."""
-    for check in MODEL_FILE_CHECKS:
-        yield from check(config)
-
-
 #: rope_scaling types that stretch the position range by ``factor`` (transformers' ROPE_INIT_FUNCTIONS names).
 STRETCHING_ROPE = ("yarn", "dynamic", "linear", "longrope")
 
@@ -170,8 +163,15 @@ def check_sequence_parallel(config) -> Iterator[ConfigIssue]:
                               "(actor_rollout_ref.model.use_fused_kernels=true keeps the logits chunked)", "1")
 
 
-#: The run against its model's config.json, shared with the recipes app (``recipes check``).
+#: The run against its model's config.json; the recipes app's dry run runs them too (:func:`recipe_issues`).
 MODEL_FILE_CHECKS = (check_model_context, check_model_routes, check_sequence_parallel)
+
+
+def check_model_shape(config) -> Iterator[ConfigIssue]:
+    """The run against its model's config.json (a local directory, or the copy shipped for a known hub id):
+    context vs positions, the routes' shape, sequence parallelism the family supports."""
+    for check in MODEL_FILE_CHECKS:
+        yield from check(config)
 
 
 def recipe_issues(config) -> list[ConfigIssue]:
