@@ -65,7 +65,7 @@ def _boom(*_args, **_kwargs):
 
 def test_an_exception_inside_a_check_is_a_refusal_naming_the_check_and_key(run_dir, monkeypatch):
     """check_clip's library call raises: the clip key is refused, and the other checks still run."""
-    monkeypatch.setattr(validation, "check_clip_range", _boom)
+    monkeypatch.setattr(validation.losses, "check_clip_range", _boom)
     refused, _ = _issues(run_dir, "trainer.total_training_steps=0")
     line = _line(refused, f"{ACTOR}.clip_ratio_high")
     assert "check_clip could not check it" in line and "RuntimeError: injected fault" in line
@@ -87,7 +87,7 @@ def test_the_hydra_callback_exits_2_through_hydras_own_callback_wrapper(run_dir,
     """Hydra's Callbacks._notify turns an Exception into a warning; the refusal must get through it."""
     from hydra._internal.callbacks import Callbacks
 
-    monkeypatch.setattr(validation, "check_clip_range", _boom)
+    monkeypatch.setattr(validation.losses, "check_clip_range", _boom)
     config = compose_trainer_config(["algorithm=minirl", *cpu_overrides(run_dir, steps=1)], )
     callbacks = Callbacks.__new__(Callbacks)
     callbacks.callbacks = [ValidateOnJobStart()]
@@ -349,7 +349,7 @@ def test_the_issues_command_is_refused_before_ray_and_leaves_no_outputs_dir(run_
 def test_a_fault_injected_into_a_check_refuses_the_real_launch(run_dir, tmp_path):
     """The launcher itself, with check_clip's library call made to raise: exit 2, before Ray."""
     inject = (
-        "import runpy, sys, verl_stable.validation as v\n"
+        "import runpy, sys, verl_stable.validation.losses as v\n"
         "def boom(*a, **k):\n    raise RuntimeError('injected fault')\n"
         "v.check_clip_range = boom\n"
         "sys.argv = ['verl_stable.main', *sys.argv[1:]]\n"

@@ -210,3 +210,105 @@ def test_demo_reports_a_refused_config_in_a_few_lines(tmp_path):
     assert len((proc.stdout + proc.stderr).splitlines()) < 15, proc.stdout + proc.stderr
     assert not (tmp_path / "outputs").exists() and not (tmp_path / "run" / "metrics.jsonl").exists()
 
+
+
+# ------------------------------------------------------------------------------- one home for each rule and key
+def test_rollout_precisions_and_quantisations_are_the_engines_own():
+    from verl_stable.cpu import hf_engine
+    from verl_stable.validation import rollout
+
+    assert rollout.DTYPES is hf_engine.DTYPES and rollout.SUPPORTED_QUANTIZATION is hf_engine.SUPPORTED_QUANTIZATION
+
+
+@pytest.mark.parametrize("value", [0.0, 0.5, 1, 1.0, -0.1, 1.5, True, "lots", None])
+def test_the_unrouted_fraction_has_one_rule(value):
+    """The config block, R3's coverage guard and validation accept and refuse the same values, with one message."""
+    from omegaconf import OmegaConf
+
+    from verl_stable.integration.fsdp_engine import RouterReplayConfig
+    from verl_stable.routing.coverage import MAX_UNROUTED_KEY, RouteCoverage, check_unrouted_fraction
+    from verl_stable.validation.routing import check_unrouted_tolerance
+
+    if value is None:  # unset: validation leaves it to the dataclass default
+        config = OmegaConf.create({})
+        assert list(check_unrouted_tolerance(config)) == []
+        return
+    try:
+        check_unrouted_fraction(value)
+        rule = None
+    except ValueError as exc:
+        rule = str(exc)
+    config = OmegaConf.create({})
+    OmegaConf.update(config, MAX_UNROUTED_KEY, value, force_add=True)
+    refused_by_validation = [issue.key for issue in check_unrouted_tolerance(config)] == [MAX_UNROUTED_KEY]
+    assert refused_by_validation == (rule is not None)
+    for use in (lambda: RouterReplayConfig(mode="R3", max_unrouted_fraction=value),
+                lambda: RouteCoverage(tokens=4, without_route=0, sequences=1).check(value)):
+        if rule is None:
+            use()
+        else:
+            with pytest.raises(ValueError) as refused:
+                use()
+            assert str(refused.value) == rule
+
+
+def test_routing_keys_and_the_replay_switch_live_in_routing():
+    from verl_stable import validation
+    from verl_stable.routing import config as keys
+    from verl_stable.routing import coverage, fsdp
+
+    assert fsdp.MODE_KEY is keys.MODE_KEY and fsdp.ROUTE_RETURN_KEY is keys.ROUTE_RETURN_KEY
+    assert coverage.MAX_UNROUTED_KEY is keys.MAX_UNROUTED_KEY
+    assert validation.ROUTE_RETURN_KEY is keys.ROUTE_RETURN_KEY
+    assert validation.REPLAY_ENGINE_KEYS is keys.REPLAY_ENGINE_KEYS
+    assert validation.replay_mode is keys.replay_mode and validation.replay_mode_key is keys.replay_mode_key
+
+
+def test_the_router_replay_yaml_target_is_the_class():
+    from pathlib import Path
+
+    from verl_stable.integration.fsdp_engine import RouterReplayConfig
+    from verl_stable.validation.routing import router_replay_config_path
+
+    class_path = f"{RouterReplayConfig.__module__}.{RouterReplayConfig.__qualname__}"
+    assert router_replay_config_path() == class_path
+    config_dir = Path(__file__).resolve().parents[1] / "verl_stable" / "config"
+    lines = [line.strip() for path in config_dir.rglob("*.yaml") for line in path.read_text().splitlines()]
+    targets = {line.split(":", 1)[1].strip() for line in lines
+               if line.startswith("_target_:") and "RouterReplayConfig" in line and "verl_stable" in line}
+    assert targets == {class_path}
+
+
+def test_config_time_and_loss_time_read_one_agg_mode_table():
+    """validation refuses exactly the loss_agg_mode values outside a variant's declared agg_modes (the loss itself
+    runs the declared ones, and only warns for its tolerated ones, which a launch refuses)."""
+    from omegaconf import OmegaConf
+
+    from verl_stable.losses import AGG_MODE_KEY, AGG_MODE_MEANING, LOSS_MODE_KEY, LOSS_VARIANTS, TOLERATED_AGG_MODES
+    from verl_stable.validation.losses import check_loss
+
+    for variant in LOSS_VARIANTS.values():
+        assert not set(TOLERATED_AGG_MODES[variant.name]) & set(variant.agg_modes)
+        for mode in AGG_MODE_MEANING:
+            config = OmegaConf.create({})
+            OmegaConf.update(config, LOSS_MODE_KEY, variant.name, force_add=True)
+            OmegaConf.update(config, AGG_MODE_KEY, mode, force_add=True)
+            refused = any(issue.key == AGG_MODE_KEY for issue in check_loss(config))
+            assert refused == (mode not in variant.agg_modes), (variant.name, mode)
+
+
+def test_one_module_composes_and_validation_imports_no_app():
+    import ast
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "verl_stable"
+    hydra_users = sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "GlobalHydra" in p.read_text())
+    assert hydra_users == ["validation/compose.py"]
+    for floor, forbidden in (("validation", ("verl_stable.apps", "verl_stable.lab")),
+                             ("routing", ("verl_stable.apps", "verl_stable.lab", "verl_stable.integration",
+                                          "verl_stable.validation"))):
+        for path in (package / floor).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                assert not [n for n in names if n.startswith(forbidden)], (path, names)

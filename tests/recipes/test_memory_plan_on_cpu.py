@@ -12,9 +12,9 @@ import torch
 
 from verl_stable.apps import recipes
 from verl_stable import validation
-from verl_stable.apps.recipes.checks import check_model_context, check_model_routes, check_sequence_parallel
-from verl_stable.apps.recipes.models import shape_from_dict
 from verl_stable.apps.recipes.plan import GB, layer_activation_bytes
+from verl_stable.validation.model import check_model_context, check_model_routes, check_sequence_parallel
+from verl_stable.validation.model_shape import shape_from_dict
 
 GRID = [r for r in recipes.all_recipes() if r.config_name in (recipes.GRID_RECIPE, "smoke")]
 COLD = f"actor_rollout_ref.model.path={recipes.MODELS_DIR / 'qwen3_next_cold_start'}"

@@ -33,7 +33,8 @@ import torch
 
 from verl_stable.routing import RoutingReplay, generation_routes
 
-_DTYPES = {
+#: The precisions the rollout runs, by the names ``actor_rollout_ref.rollout.dtype`` may give.
+DTYPES = {
     "bfloat16": torch.bfloat16,
     "bf16": torch.bfloat16,
     "float16": torch.float16,
@@ -43,6 +44,7 @@ _DTYPES = {
     "fp32": torch.float32,
     "float": torch.float32,
 }
+#: The weight quantisations the rollout implements (None: the weights as loaded).
 SUPPORTED_QUANTIZATION = (None, "fp8", "int8", "int4", "int3")
 INT_BITS = {"int8": 8, "int4": 4, "int3": 3}
 LOGPROBS_MODES = ("processed_logprobs", "raw_logprobs")
@@ -54,12 +56,12 @@ def resolve_dtype(name: str | torch.dtype) -> torch.dtype:
     if isinstance(name, torch.dtype):
         return name
     key = str(name).lower().replace("torch.", "")
-    if key not in _DTYPES:
+    if key not in DTYPES:
         raise ValueError(
             f"actor_rollout_ref.rollout.dtype={name!r} is not supported by the hf_cpu rollout; "
-            f"use one of {sorted(set(_DTYPES))}"
+            f"use one of {sorted(set(DTYPES))}"
         )
-    return _DTYPES[key]
+    return DTYPES[key]
 
 
 def is_fp8_target(name: str, tensor: torch.Tensor) -> bool:

@@ -44,8 +44,9 @@ from typing import Optional
 
 from verl.workers.config import EngineRouterReplayConfig
 
-from verl_stable.routing.coverage import MAX_UNROUTED_KEY
-from verl_stable.routing.fsdp import FSDP_STRATEGIES, RoutingReplayEngineMixin
+from verl_stable.routing.config import FSDP_STRATEGIES
+from verl_stable.routing.coverage import check_unrouted_fraction
+from verl_stable.routing.fsdp import RoutingReplayEngineMixin
 
 _MODEL_TYPE = "language_model"
 
@@ -64,9 +65,7 @@ class RouterReplayConfig(EngineRouterReplayConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        value = self.max_unrouted_fraction
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
-            raise ValueError(f"{MAX_UNROUTED_KEY}={value!r}: must be a fraction in [0, 1]")
+        check_unrouted_fraction(self.max_unrouted_fraction)
 
 
 _REPLAY_CLASSES: dict[type, type] = {}

@@ -21,14 +21,18 @@ from dataclasses import dataclass
 
 import torch
 
+from verl_stable.routing.config import MAX_UNROUTED_KEY, MODE_KEY, ROUTE_RETURN_KEY
 from verl_stable.routing.routes import missing_rows
 
-__all__ = ["MAX_UNROUTED_KEY", "RouteCoverage", "UnroutedTokensError", "route_coverage"]
+__all__ = ["MAX_UNROUTED_KEY", "RouteCoverage", "UnroutedTokensError", "check_unrouted_fraction", "route_coverage"]
 
-#: The tolerance switch (verl-stable's field on the FSDP engine's router_replay block).
-MAX_UNROUTED_KEY = "actor_rollout_ref.actor.fsdp_config.router_replay.max_unrouted_fraction"
-_MODE_KEY = "actor_rollout_ref.actor.fsdp_config.router_replay.mode"
-_ROUTE_RETURN_KEY = "actor_rollout_ref.rollout.enable_rollout_routing_replay"
+
+def check_unrouted_fraction(value) -> None:
+    """The one rule for the tolerance switch: a number in [0, 1] (a bool is not one). Shared by the
+    router_replay config block, :meth:`RouteCoverage.check` and the launch-time config validation."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ValueError(f"{MAX_UNROUTED_KEY}={value!r}: must be a fraction in [0, 1]")
+
 
 # Rows scanned at a time: bounds the bool temporary of the all-zero test on a whole rollout batch.
 _CHUNK_ROWS = 1 << 16
@@ -78,12 +82,11 @@ class RouteCoverage:
 
     def check(self, max_unrouted_fraction: float = 0.0) -> "RouteCoverage":
         """Raise :class:`UnroutedTokensError` unless :meth:`ok`; return self."""
-        if not 0.0 <= max_unrouted_fraction <= 1.0:
-            raise ValueError(f"{MAX_UNROUTED_KEY}={max_unrouted_fraction}: must be a fraction in [0, 1]")
+        check_unrouted_fraction(max_unrouted_fraction)
         if self.ok(max_unrouted_fraction):
             return self
         raise UnroutedTokensError(
-            f"R3 ({_MODE_KEY}=R3): the rollout returned routes, but {self.without_route:,} of {self.tokens:,} real "
+            f"R3 ({MODE_KEY}=R3): the rollout returned routes, but {self.without_route:,} of {self.tokens:,} real "
             f"tokens ({100 * self.fraction_without_route:.1f} %) have none (all-zero route rows) -- "
             f"{self.unexpected:,} ({100 * self.unexpected_fraction:.1f} % of the tokens) more than the "
             f"{self.expected_without_route:,} expected ({self.sequences:,} final sampled tokens + "
@@ -95,7 +98,7 @@ class RouteCoverage:
             "router's capture); vLLM returns no routes with pipeline parallel > 1 or KV connectors. "
             "Use an engine version / MoE backend that returns routes (vLLM: --moe-backend triton, i.e. "
             "actor_rollout_ref.rollout.engine_kwargs.vllm.moe_backend=triton), or fall back: routing_replay=R2 "
-            f"({_MODE_KEY}=R2, {_ROUTE_RETURN_KEY}=False) or no replay ({_MODE_KEY}=disabled); to accept the "
+            f"({MODE_KEY}=R2, {ROUTE_RETURN_KEY}=False) or no replay ({MODE_KEY}=disabled); to accept the "
             f"gap, raise {MAX_UNROUTED_KEY}."
         )
 

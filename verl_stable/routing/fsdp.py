@@ -59,6 +59,7 @@ import torch
 
 from verl_stable.routing.agreement import AgreementCounts
 from verl_stable.routing.codecs import from_nested, to_nested
+from verl_stable.routing.config import MODE_KEY, REPLAY_MODES, ROUTE_RETURN_KEY
 from verl_stable.routing.coverage import RouteCoverage, route_coverage
 from verl_stable.routing.layouts import pack, unpack
 from verl_stable.routing.routes import RouteSpec, Routes
@@ -74,11 +75,6 @@ __all__ = [
 ]
 
 ROUTES_KEY = "routed_experts"
-# verl's own keys and values (checked again before start-up by the launcher's config validation).
-MODE_KEY = "actor_rollout_ref.actor.fsdp_config.router_replay.mode"
-ROUTE_RETURN_KEY = "actor_rollout_ref.rollout.enable_rollout_routing_replay"
-FSDP_STRATEGIES = ("fsdp", "fsdp2")
-REPLAY_MODES = ("disabled", "R2", "R3")
 
 RECORD = "record"
 REPLAY = "replay"

@@ -20,9 +20,10 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from verl_stable import grid
-from verl_stable.apps.recipes.checks import check_model_context, check_model_routes, check_sequence_parallel, recipe_issues
-from verl_stable.apps.recipes.models import HUB_MODELS, MODELS_DIR, ModelShape, model_shape
 from verl_stable.apps.recipes.plan import Plan, memory_plan
+from verl_stable.validation.compose import compose_trainer_config
+from verl_stable.validation.model import check_model_context, check_model_routes, check_sequence_parallel, recipe_issues
+from verl_stable.validation.model_shape import HUB_MODELS, MODELS_DIR, ModelShape, model_shape
 
 #: The public names (tests and the first-node check import them from here).
 __all__ = ["RECIPES_DIR", "GRID_RECIPE", "BACKENDS", "Recipe", "grid_cells", "all_recipes", "find", "compose",
@@ -94,13 +95,7 @@ def find(name: str, recipes_dir: Path = RECIPES_DIR) -> Recipe:
 
 def compose(recipe: Recipe, overrides: list[str] = ()) -> DictConfig:
     """Compose a recipe exactly as ``python -m verl_stable.main --config-path=... --config-name=...`` does."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(recipe.config_dir), version_base=None):
-        return hydra_compose(config_name=recipe.config_name, overrides=[*recipe.choices, *overrides])
+    return compose_trainer_config([*recipe.choices, *overrides], recipe.config_name, config_dir=recipe.config_dir)
 
 
 # ------------------------------------------------------------------------------------------ memory estimate

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
-from verl_stable.apps.recipes.models import ModelShape
+from verl_stable.validation.model_shape import ModelShape
 
 GB = 1e9
 #: PyTorch's caching allocator holds more than it hands out (fragmentation, per-stream pools) and CUDA
@@ -312,9 +312,9 @@ def memory_plan(config: DictConfig, shape: ModelShape, gpu_gb: float = 80.0, rec
                       bytes_per_param=per_param, gb_per_checkpoint=ckpt, kept=kept, gb_per_run=ckpt * kept)
     responses = int(config.data.train_batch_size) * int(_sel(config, f"{ROLLOUT}.n", 1))
     seq = int(config.data.max_prompt_length) + int(config.data.max_response_length)
-    from verl_stable.validation import replay_mode
+    from verl_stable.routing.config import ROUTE_RETURN_KEY, replay_mode
 
-    replays = replay_mode(config) != "disabled" or bool(_sel(config, f"{ROLLOUT}.enable_rollout_routing_replay", False))
+    replays = replay_mode(config) != "disabled" or bool(_sel(config, ROUTE_RETURN_KEY, False))
     offloaded = (params if p_off else 0) + (grads if g_off and megatron else 0) + (optim if o_off else 0)
     host = dict(responses_per_step=responses, max_tokens_per_step=responses * seq,
                 route_bytes_per_token=route_bytes if replays else 0,

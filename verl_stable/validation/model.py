@@ -1,15 +1,65 @@
-"""Pre-launch checks of a recipe against its model's config.json, as ``check_<name>(config) -> ConfigIssue``s."""
+"""The actor's model: its directory and config.json (a local directory is read; a hub id is named and left to the
+workers), and the run against the model's shape (context vs positions, the routes' shape, sequence parallelism
+the family supports), read through :mod:`verl_stable.validation.model_shape`, the copy shipped for a known hub id
+included."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Iterator
 
 from omegaconf import OmegaConf
 
-from verl_stable.apps.recipes.models import MODEL_PATH_KEY, OVERRIDE_KEY, config_file_for, model_shape
-from verl_stable.validation import ConfigIssue, replay_mode
+from verl_stable.routing.config import replay_mode
+from verl_stable.validation.issues import ROLLOUT, ConfigIssue, get
+from verl_stable.validation.model_shape import MODEL_PATH_KEY, OVERRIDE_KEY, config_file_for, model_shape
 
-ROLLOUT = "actor_rollout_ref.rollout"
+#: A hub id: ``org/name``, nothing more (a local path that does not exist has more parts, or starts with / . ~).
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_EXPERT_COUNTS = ("num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
+_TOP_K = ("num_experts_per_tok", "moe_topk", "moe_top_k", "top_k")
+
+
+def check_model(config) -> Iterator[ConfigIssue]:
+    """The actor's model: a local directory is read (its config, the router's top-k within its experts); a hub id
+    is named as such and left to the workers (no hub traffic before Ray)."""
+    key = "actor_rollout_ref.model.path"
+    path = get(config, key)
+    if path is None:
+        yield ConfigIssue(key, None, "no model given", "a model directory or a hub id org/name")
+        return
+    local = Path(str(path)).expanduser()
+    if not local.exists():
+        if _HUB_ID.fullmatch(str(path)):
+            yield ConfigIssue(key, path, "not a directory here: taken as a hub id, not read before start-up (the "
+                              "workers download it)", warning=True)
+        else:
+            yield ConfigIssue(key, path, "directory not found", "a model directory (config.json) or a hub id org/name")
+        return
+    if not local.is_dir() or not (local / "config.json").is_file():
+        yield ConfigIssue(key, path, "not a model directory: no config.json in it")
+        return
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(
+            str(local), local_files_only=True,
+            trust_remote_code=bool(get(config, "actor_rollout_ref.model.trust_remote_code", False)),
+        )
+    except Exception as exc:
+        yield ConfigIssue(key, path, f"its config.json does not load ({type(exc).__name__}: {exc})".replace("\n", " "))
+        return
+    text = getattr(hf_config, "text_config", None) or hf_config
+    experts = next((getattr(text, a) for a in _EXPERT_COUNTS if isinstance(getattr(text, a, None), int)), None)
+    top_k = next((getattr(text, a) for a in _TOP_K if isinstance(getattr(text, a, None), int)), None)
+    if experts is not None and top_k is not None and not 1 <= top_k <= max(experts, 1) and experts > 0:
+        yield ConfigIssue(
+            key, path, f"its config routes each token to {top_k} experts (num_experts_per_tok) of {experts}",
+            f"1 <= num_experts_per_tok <= {experts}",
+        )
+
+
 #: rope_scaling types that stretch the position range by ``factor`` (transformers' ROPE_INIT_FUNCTIONS names).
 STRETCHING_ROPE = ("yarn", "dynamic", "linear", "longrope")
 
@@ -68,7 +118,7 @@ def check_model_context(config) -> Iterator[ConfigIssue]:
 def check_model_routes(config) -> Iterator[ConfigIssue]:
     """Routing replay vs the model file: routed experts exist, the route shape (layers × top-k) fits the compact
     index dtype, and the Megatron engine can build the model family."""
-    mode = replay_mode(config)
+    mode = replay_mode(config, get)
     shape, issue = _shape_or_issue(config)
     if issue or shape is None:
         return  # reported by check_model_context
@@ -113,8 +163,16 @@ def check_sequence_parallel(config) -> Iterator[ConfigIssue]:
                               "(actor_rollout_ref.model.use_fused_kernels=true keeps the logits chunked)", "1")
 
 
-CHECKS = (check_model_context, check_model_routes, check_sequence_parallel)
+#: The run against its model's config.json; the recipes app's dry run runs them too (:func:`recipe_issues`).
+MODEL_FILE_CHECKS = (check_model_context, check_model_routes, check_sequence_parallel)
+
+
+def check_model_shape(config) -> Iterator[ConfigIssue]:
+    """The run against its model's config.json (a local directory, or the copy shipped for a known hub id):
+    context vs positions, the routes' shape, sequence parallelism the family supports."""
+    for check in MODEL_FILE_CHECKS:
+        yield from check(config)
 
 
 def recipe_issues(config) -> list[ConfigIssue]:
-    return [issue for check in CHECKS for issue in check(config)]
+    return [issue for check in MODEL_FILE_CHECKS for issue in check(config)]

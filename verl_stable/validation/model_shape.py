@@ -1,5 +1,7 @@
 """A model's shape, read from its config.json: the shipped files under ``recipes/models/`` for the hub ids the
-recipes name, or the directory ``actor_rollout_ref.model.path`` points at. Nothing here touches the hub."""
+recipes name, or the directory ``actor_rollout_ref.model.path`` points at. Nothing here touches the hub.
+
+Read by the launch-time model checks (:mod:`verl_stable.validation.model`) and by the recipes' memory plan."""
 
 from __future__ import annotations
 
@@ -9,7 +11,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-MODELS_DIR = Path(__file__).resolve().parents[3] / "recipes" / "models"
+MODELS_DIR = Path(__file__).resolve().parents[2] / "recipes" / "models"
 MODEL_PATH_KEY = "actor_rollout_ref.model.path"
 OVERRIDE_KEY = "actor_rollout_ref.model.override_config"
 
