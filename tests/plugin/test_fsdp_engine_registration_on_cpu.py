@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.processes import run_python as _run
+from tests.plugin.processes import run_python as _run
 
 
 @pytest.mark.parametrize("platform", [None, "cpu"], ids=["default-platform", "cpu-backend"])

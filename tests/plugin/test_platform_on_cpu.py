@@ -7,7 +7,7 @@ import pytest
 
 from verl_stable.cpu import UnsupportedVerlVersion, check_verl_version
 
-from tests.helpers.processes import run_python as _run
+from tests.plugin.processes import run_python as _run
 
 
 def test_import_verl_with_verl_platform_cpu_registers_the_backend():

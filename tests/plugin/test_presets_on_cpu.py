@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from tests.hydra_configs import compose
 from verl_stable.losses import LOSS_MODES
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "verl_stable" / "config"
+CONFIG_DIR = pathlib.Path(__file__).resolve().parents[2] / "verl_stable" / "config"
 ALGORITHM_PRESETS = sorted(p.stem for p in (CONFIG_DIR / "algorithm").glob("*.yaml"))
 # The smallest set of verl keys verl's own validate_config needs on one node.
 RUNNABLE = [
@@ -157,7 +157,7 @@ def test_every_preset_selects_a_variant_with_its_first_aggregation_and_an_allowe
 
     from verl_stable.losses import LOSS_VARIANTS, check_clip_range
 
-    presets = sorted((pathlib.Path(__file__).resolve().parents[1] / "verl_stable/config/algorithm").glob("*.yaml"))
+    presets = sorted((pathlib.Path(__file__).resolve().parents[2] / "verl_stable/config/algorithm").glob("*.yaml"))
     assert presets
     for preset in presets:
         cfg = compose(overrides=[f"algorithm={preset.stem}"])

@@ -1,7 +1,7 @@
 """verl-stable's R3 adapters for verl's SGLang / vLLM servers (plugin only: upstream the decode lives in verl's
 servers): the decoded output verl's ``generate`` reads, the tokenizer-manager wrapper, the replica registration
 and vLLM's TokenOutput compaction. SGLang payloads are built as SGLang 0.5.12 builds them (see
-tests/helpers/sglang_payloads.py for each step's source)."""
+tests/utils/routing_replay/helpers/sglang_payloads.py for each step's source)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import asyncio
 import numpy as np
 import pytest
 
-from tests.helpers.sglang_payloads import SPEC, sglang_meta_info, sglang_routes_tensor
+from tests.utils.routing_replay.helpers.sglang_payloads import SPEC, sglang_meta_info, sglang_routes_tensor
 
 
 def test_decoded_output_is_what_verls_skip_tokenizer_init_branch_reads():

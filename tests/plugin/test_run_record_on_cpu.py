@@ -1,7 +1,7 @@
 """A run's record: nothing an earlier run wrote is lost, the true cause of a failure is named, small console
 promises hold. Fast checks only (no Ray); the end-to-end runs are in test_run_faults_on_cpu.py.
 
-The log excerpts under tests/cpu/logs/ are real verl 0.9.1 output of the CPU demo (venv and run paths shortened).
+The log excerpts under tests/plugin/logs/ are real verl 0.9.1 output of the CPU demo (venv and run paths shortened).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """GPU check of routing replay (not collected by pytest: run by hand on a CUDA machine).
 
-    python tests/routing/device_check.py
+    python tests/utils/routing_replay/device_check.py
 
 Checks on CUDA, per family and dtype: record and replay-own-routes bit-identical to the stock model, random
 routes reach the experts exactly (routes handed over on the CPU), and gradient-checkpoint recompute replays
@@ -9,16 +9,23 @@ them. Prints one line per check and "ALL OK" at the end; exits non-zero on a fai
 
 from __future__ import annotations
 
-import os
 import sys
+from pathlib import Path
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repo root
 
 from verl_stable.routing import Routes, RoutingReplay  # noqa: E402
 
-from tests.helpers import FAMILIES, VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs  # noqa: E402
+from tests.utils.routing_replay.helpers import (  # noqa: E402
+    FAMILIES,
+    VOCAB,
+    ExpertTap,
+    random_routes_idx,
+    tiny_model,
+    token_logprobs,
+)
 
 
 def check(name: str, ok: bool, failures: list) -> None:

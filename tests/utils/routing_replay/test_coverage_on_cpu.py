@@ -9,7 +9,7 @@ import torch
 from verl_stable.routing import coverage
 from verl_stable.routing.coverage import MAX_UNROUTED_KEY, RouteCoverage, UnroutedTokensError, route_coverage
 
-from tests.helpers import random_routes_idx
+from tests.utils.routing_replay.helpers import random_routes_idx
 
 LAYERS, EXPERTS, TOP_K = 4, 16, 2
 

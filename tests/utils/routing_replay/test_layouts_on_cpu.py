@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from verl_stable.routing import Routes, RoutingReplay, concat, pack, select_sequences, ulysses_pad_and_slice, unpack
 
-from tests.helpers import VOCAB, ExpertTap, tiny_model
+from tests.utils.routing_replay.helpers import VOCAB, ExpertTap, tiny_model
 
 NUM_EXPERTS = 4096  # uint16 storage, room for 1,024 token identities
 LAYERS, TOP_K = 3, 2

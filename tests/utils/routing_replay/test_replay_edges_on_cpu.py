@@ -11,7 +11,7 @@ import torch
 from verl_stable.routing import Routes, RoutingReplay
 from verl_stable.routing.replay import _CLAIM
 
-from tests.helpers import FAMILIES, VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
+from tests.utils.routing_replay.helpers import FAMILIES, VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
 
 
 def _random_routes(rr, num_tokens: int, seed: int) -> Routes:

@@ -9,7 +9,7 @@ import pytest
 import torch
 from verl_stable.routing import Routes, RoutingReplay, concat, pack, route_agreement
 
-from tests.helpers import VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
+from tests.utils.routing_replay.helpers import VOCAB, ExpertTap, random_routes_idx, tiny_model, token_logprobs
 
 
 def _assert_agreement_is_offline(agree, native: Routes, replayed: Routes) -> None:

@@ -10,7 +10,7 @@ import torch
 from verl_stable.routing import RouteSpec, Routes, route_agreement
 from verl_stable.routing.routes import compact_dtype
 
-from tests.helpers import random_routes_idx
+from tests.utils.routing_replay.helpers import random_routes_idx
 
 # A DeepSeek-like layout: decoder layers 0 and 2 dense, MoE at 1, 3, 4.
 SPEC = RouteSpec(num_experts=16, top_k=3, moe_layers=(1, 3, 4), num_hidden_layers=5)
@@ -51,7 +51,7 @@ def test_from_vllm_drops_dense_layers_and_pads_final_token():
 
 
 def test_from_sglang_base64():
-    # SGLang >= 0.5.11: base64 of int32 [seq_len - 1, num_hidden_layers, top_k] (tests/routing/test_engine_routes_on_cpu.py
+    # SGLang >= 0.5.11: base64 of int32 [seq_len - 1, num_hidden_layers, top_k] (tests/utils/routing_replay/test_engine_routes_on_cpu.py
     # builds it step by step as SGLang does)
     arr, idx = engine_array(5, seed=1)
     meta = {"routed_experts": base64.b64encode(arr.tobytes()).decode("utf-8")}

@@ -17,7 +17,7 @@ from verl_stable.cpu.hf_engine import (
     is_fp8_target,
 )
 
-from tests.helpers import addition_prompt, response_logprobs
+from tests.utils.routing_replay.helpers import addition_prompt, response_logprobs
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 2e-2)])

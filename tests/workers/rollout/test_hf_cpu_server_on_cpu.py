@@ -11,7 +11,7 @@ import ray
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tests.helpers import addition_prompt, response_logprobs
+from tests.utils.routing_replay.helpers import addition_prompt, response_logprobs
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,5 @@
 """Tiny real transformers MoE models built from configs (no hub): one per router family in memory, and the
-two saved ones verl's FSDP engine loads (tests/routing_fsdp)."""
+two saved ones verl's FSDP engine loads (tests/workers/engine/fsdp)."""
 
 from __future__ import annotations
 

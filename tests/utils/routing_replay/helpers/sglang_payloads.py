@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from verl_stable.routing import RouteSpec
-from tests.helpers.routes import random_routes_idx
+from tests.utils.routing_replay.helpers.routes import random_routes_idx
 
 # DeepSeek-like: decoder layers 0 and 2 dense, MoE at 1, 3, 4.
 SPEC = RouteSpec(num_experts=16, top_k=3, moe_layers=(1, 3, 4), num_hidden_layers=5)

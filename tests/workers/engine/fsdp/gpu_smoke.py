@@ -1,18 +1,19 @@
 """GPU smoke check of FSDP routing replay (not collected by pytest): the same engine paths as the CPU tests,
 on CUDA with NCCL, in fp32 (bit-identity) and bf16 (agreement).
 
-    python tests/routing_fsdp/gpu_smoke.py
+    python tests/workers/engine/fsdp/gpu_smoke.py
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 import tempfile
 
 PLATFORM = os.environ.get("SMOKE_PLATFORM", "nvidia")  # "cpu" to dry-run this script here
 os.environ["VERL_PLATFORM"] = PLATFORM
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))  # the repo root
+sys.path.insert(0, str(Path(__file__).resolve().parents[4]))  # the repo root
 
 import torch  # noqa: E402
 import torch.distributed as dist  # noqa: E402
@@ -20,7 +21,7 @@ import torch.distributed as dist  # noqa: E402
 
 def main() -> None:
     import verl  # noqa: F401
-    from tests.helpers.engine import (
+    from tests.workers.engine.fsdp.harness import (
         free_port,
         hf_reference,
         make_batch,
@@ -29,7 +30,7 @@ def main() -> None:
         random_routes,
         set_engine_keys,
     )
-    from tests.helpers.models import save_tiny_moe
+    from tests.utils.routing_replay.helpers.models import save_tiny_moe
     from verl.utils import tensordict_utils as tu
     from verl.workers.utils.padding import no_padding_2_padding
 

@@ -9,19 +9,14 @@ batch, with verl-stable's public RoutingReplay.
 
 from __future__ import annotations
 
-import os
+import socket
+from functools import partial
 
-os.environ.setdefault("VERL_PLATFORM", "cpu")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch
 
-import socket  # noqa: E402
-from functools import partial  # noqa: E402
-
-import torch  # noqa: E402
-
-from tests.helpers.logprobs import gather_logprobs  # noqa: E402
-from tests.helpers.models import SAVED_EXPERTS, SAVED_LAYERS, SAVED_TOP_K, SAVED_VOCAB  # noqa: E402
-from tests.helpers.routes import random_expert_ids  # noqa: E402
+from tests.utils.routing_replay.helpers.logprobs import gather_logprobs
+from tests.utils.routing_replay.helpers.models import SAVED_EXPERTS, SAVED_LAYERS, SAVED_TOP_K, SAVED_VOCAB
+from tests.utils.routing_replay.helpers.routes import random_expert_ids
 
 NUM_LAYERS, NUM_EXPERTS, TOP_K, VOCAB = SAVED_LAYERS, SAVED_EXPERTS, SAVED_TOP_K, SAVED_VOCAB
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers.engine import NUM_LAYERS, TOP_K, hf_reference, make_batch, make_engine, ppo_loss_fn, random_routes
-from tests.helpers.engine import set_engine_keys
+from tests.workers.engine.fsdp.harness import NUM_LAYERS, TOP_K, hf_reference, make_batch, make_engine, ppo_loss_fn, random_routes
+from tests.workers.engine.fsdp.harness import set_engine_keys
 
 
 def agent_loop_routes(attention_mask: torch.Tensor, engine_rows) -> torch.Tensor:
@@ -159,7 +159,7 @@ def test_every_rank_reaches_the_same_verdict(tmp_path):
     ranks first (Ulysses copies of a shard counted once)."""
     import torch.multiprocessing as mp
 
-    from tests.helpers.engine import free_port
+    from tests.workers.engine.fsdp.harness import free_port
 
     for sp, verdict in ((1, "stop"), (2, "ok")):
         mp.spawn(_coverage_worker, args=(2, free_port(), sp, str(tmp_path)), nprocs=2, join=True)

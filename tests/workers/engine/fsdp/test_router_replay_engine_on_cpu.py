@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.helpers.engine import (
+from tests.workers.engine.fsdp.harness import (
     NUM_LAYERS,
     engine_state_dict,
     hf_reference,
@@ -321,7 +321,7 @@ def test_r3_deepseek_v3_with_a_dense_first_layer(process_group, tmp_path):
     """DeepSeek-V3 routes through ``route_tokens_to_experts`` (sigmoid scores, group limit, correction bias)
     and its first layer is dense. Rollout routes indexed by all 3 decoder layers (as vLLM returns them) are
     narrowed to the 2 MoE layers and replayed on their tokens."""
-    from tests.helpers.models import save_tiny_deepseek_v3
+    from tests.utils.routing_replay.helpers.models import save_tiny_deepseek_v3
 
     path = save_tiny_deepseek_v3(str(tmp_path / "tiny_dsv3"))
     engine = make_engine(path, mode="R3", use_remove_padding=True, use_dynamic_bsz=True)
