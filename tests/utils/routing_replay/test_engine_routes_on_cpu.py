@@ -1,6 +1,6 @@
 """Routes as the real rollout engines return them: SGLang's base64 payload (both ``skip_tokenizer_init``
-settings, built as SGLang 0.5.12 builds them: ``tests/utils/routing_replay/helpers/sglang_payloads.py`` cites each step), vLLM's
-numpy int32, decoded / compacted for verl's agent loop."""
+settings, built as SGLang 0.5.12 builds them: ``tests/utils/routing_replay/helpers/sglang_payloads.py`` cites
+each step), vLLM's numpy int32, decoded / compacted for verl's agent loop."""
 
 from __future__ import annotations
 
@@ -12,7 +12,13 @@ import torch
 from verl_stable.routing import Routes
 from verl_stable.routing.routes import compact_engine_routes, decode_sglang_routed_experts
 
-from tests.utils.routing_replay.helpers.sglang_payloads import SPEC, WIDE, sglang_extract, sglang_meta_info, sglang_routes_tensor
+from tests.utils.routing_replay.helpers.sglang_payloads import (
+    SPEC,
+    WIDE,
+    sglang_extract,
+    sglang_meta_info,
+    sglang_routes_tensor,
+)
 
 @pytest.mark.parametrize("skip_tokenizer_init", [True, False], ids=["skip_tokenizer_init", "with_tokenizer"])
 def test_sglang_payload_decodes_to_compact_routes(skip_tokenizer_init):

@@ -9,7 +9,14 @@ import torch
 from verl_stable.routing import Routes, RoutingReplay, spec_from_config
 from verl_stable.routing.hf import ADAPTERS, moe_layers_from_config
 
-from tests.utils.routing_replay.helpers import FAMILIES, random_routes_idx, tiny_batch, tiny_config, tiny_model, token_logprobs
+from tests.utils.routing_replay.helpers import (
+    FAMILIES,
+    random_routes_idx,
+    tiny_batch,
+    tiny_config,
+    tiny_model,
+    token_logprobs,
+)
 
 
 @pytest.fixture

@@ -51,8 +51,8 @@ def test_from_vllm_drops_dense_layers_and_pads_final_token():
 
 
 def test_from_sglang_base64():
-    # SGLang >= 0.5.11: base64 of int32 [seq_len - 1, num_hidden_layers, top_k] (tests/utils/routing_replay/test_engine_routes_on_cpu.py
-    # builds it step by step as SGLang does)
+    # SGLang >= 0.5.11: base64 of int32 [seq_len - 1, num_hidden_layers, top_k]
+    # (tests/utils/routing_replay/test_engine_routes_on_cpu.py builds it step by step as SGLang does)
     arr, idx = engine_array(5, seed=1)
     meta = {"routed_experts": base64.b64encode(arr.tobytes()).decode("utf-8")}
     routes = Routes.from_sglang({"meta_info": meta}, SPEC, num_tokens=6)

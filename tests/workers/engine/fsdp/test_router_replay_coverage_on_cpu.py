@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from tests.workers.engine.fsdp.harness import NUM_LAYERS, TOP_K, hf_reference, make_batch, make_engine, ppo_loss_fn, random_routes
+from tests.workers.engine.fsdp.harness import (
+    NUM_LAYERS,
+    TOP_K,
+    hf_reference,
+    make_batch,
+    make_engine,
+    ppo_loss_fn,
+    random_routes,
+)
 from tests.workers.engine.fsdp.harness import set_engine_keys
 
 
