@@ -1,12 +1,12 @@
-#!/usr/bin/env python3
-"""Build the upstream patch series ``patches/verl-<version>/`` from this project's code: the engine.
+"""Build the upstream patch series ``patches/verl-<version>/`` from this project's code.
 
-What the series contains is declared in ``series.py`` (``PATCHES``; PR descriptions in ``patches/templates/``).
-The series is generated, never edited by hand: this module downloads the pristine verl sdist (cached under
-``.cache/``, sha256-checked), copies verl-stable's modules into verl's tree with their imports rewritten by
-one module map, applies small anchored edits to verl files, regenerates verl's ``_generated_*.yaml`` trainer
-configs when a config file changed, runs verl's ruff config over the new Python files, commits each concern
-in a scratch git repository with a fixed author and date, and runs ``git format-patch``.
+This module is the engine; what the series contains is declared in ``series.py`` (``PATCHES``; PR
+descriptions in ``patches/templates/``). The series is generated, never edited by hand: the engine downloads
+the pristine verl sdist (cached under ``.cache/``, sha256-checked), copies verl-stable's modules into verl's
+tree with their imports rewritten by one module map, applies small anchored edits to verl files, regenerates
+verl's ``_generated_*.yaml`` trainer configs when a config file changed, runs verl's ruff config over the new
+Python files, commits each concern in a scratch git repository with a fixed author and date, and runs
+``git format-patch``.
 
 The operations:
 

@@ -278,6 +278,8 @@ PATCHES: list[Patch] = [
             NewFile("tests/workers/__init__.py", LICENSE_HEADER),
             NewFile("tests/workers/rollout/__init__.py", LICENSE_HEADER),
             Copy("verl_stable/tasks/addition.py", "tests/workers/rollout/hf_cpu_addition_task.py"),
+            # file by file, not the directories: the hf_cpu server test and the engine's R3-coverage and Ulysses
+            # tests that sit beside these are not part of this patch
             Copy("tests/workers/rollout/conftest.py", "tests/workers/rollout/conftest.py"),
             Copy(
                 "tests/workers/rollout/test_hf_cpu_engine_on_cpu.py",
