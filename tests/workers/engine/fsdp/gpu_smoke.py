@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 import tempfile
+from pathlib import Path
 
 PLATFORM = os.environ.get("SMOKE_PLATFORM", "nvidia")  # "cpu" to dry-run this script here
 os.environ["VERL_PLATFORM"] = PLATFORM
