@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import os
 
-# The suite runs on CPU, and verl fixes its device when its modules are first imported: choose verl-stable's CPU
-# platform before any test module imports verl, whatever the collection order. Checks of the plugin without it
-# run in fresh interpreters (tests/helpers/processes.py removes the variable there).
-os.environ.setdefault("VERL_PLATFORM", "cpu")
+import pytest
+import torch
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
 
-from tests.hydra_configs import compose  # noqa: E402
+def pytest_configure(config):
+    """The test environment, set once before collection imports any test module (and through it verl).
+
+    The suite runs on CPU, and verl resolves its platform on first use and keeps it, and loads verl-stable's plugin
+    (which activates the CPU backend when asked) at ``import verl``: both read ``VERL_PLATFORM``, so it is chosen here,
+    whatever the collection order. Checks of the plugin without it run in fresh interpreters
+    (tests/plugin/processes.py removes the variable there). So no conftest may import verl at module level.
+    """
+    os.environ.setdefault("VERL_PLATFORM", "cpu")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +25,8 @@ def minirl_actor_config():
     """verl's ActorConfig dataclass built from the composed ``algorithm=minirl`` preset."""
     import verl_stable.plugin  # noqa: F401  (the entry point does this on `import verl`; explicit here)
     from verl.utils.config import omega_conf_to_dataclass
+
+    from tests.hydra_configs import compose
 
     cfg = compose(overrides=["algorithm=minirl", "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=2"])
     return omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)

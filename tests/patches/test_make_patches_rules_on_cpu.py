@@ -1,5 +1,6 @@
-"""scripts/make_patches.py's transformations on small inputs: import rewriting by the module map, loud
-failures for anything not declared (unmapped imports, missing anchors, missing definitions)."""
+"""The patch series builder's transformations on small inputs (scripts/patches/build.py): import rewriting by
+the module map, plugin-only blocks dropped by their markers, loud failures for anything not declared (unmapped
+imports, missing anchors, missing definitions, unpaired markers, a module copied twice)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
-import make_patches as mp  # noqa: E402
+from patches import build as mp  # noqa: E402
+from patches.series import PATCHES  # noqa: E402
 
 sys.path.pop(0)
 
@@ -57,7 +59,7 @@ def test_dropped_definitions_leave_all_and_must_exist():
 
 def test_an_edit_whose_anchor_is_missing_fails(tmp_path):
     (tmp_path / "f.py").write_text("a = 1\n")
-    patch = mp.Patch(slug="s", title="t", body="", ops=[mp.Edit("f.py", "b = 2\n", "b = 3\n")])
+    patch = mp.Patch(slug="s", title="t", ops=[mp.Edit("f.py", "b = 2\n", "b = 3\n")])
     with pytest.raises(mp.GenerationError, match="anchor found 0 times"):
         mp.apply_patch_ops(tmp_path, patch, MAPPING)
 
@@ -71,8 +73,34 @@ def test_long_docstring_lines_are_rewrapped_but_code_strings_are_not():
     assert any(len(line) > 120 for line in lines[5:])
 
 
+def test_plugin_only_blocks_are_dropped_in_code_and_docstrings():
+    src = (
+        '"""Doc.\n\n.. plugin-only: begin\nRegistration: the plugin.\n.. plugin-only: end\n"""\n'
+        "def f():\n    a = 1\n    # plugin-only: begin\n    import plugin\n\n    plugin.install()\n"
+        "    # plugin-only: end\n    return a\n"
+    )
+    out = mp.strip_plugin_only(src, "x.py")
+    assert out == '"""Doc.\n\n"""\ndef f():\n    a = 1\n    return a\n'
+
+
+@pytest.mark.parametrize(
+    "src",
+    ["# plugin-only: begin\nx = 1\n", "x = 1\n# plugin-only: end\n", "# plugin-only: begin\n# plugin-only: begin\n"],
+)
+def test_an_unpaired_plugin_only_marker_fails(src):
+    with pytest.raises(mp.GenerationError, match="plugin-only"):
+        mp.strip_plugin_only(src, "x.py")
+
+
+def test_a_module_copied_to_two_places_fails():
+    twice = [mp.Copy("verl_stable/a.py", "verl/a.py"), mp.Copy("verl_stable/a.py", "verl/b.py")]
+    patch = mp.Patch(slug="s", title="t", ops=twice)
+    with pytest.raises(mp.GenerationError, match="copied twice"):
+        mp.build_module_map([patch])
+
+
 def test_every_declared_copy_source_exists():
-    for patch in mp.PATCHES:
+    for patch in PATCHES:
         for op in mp.expand(patch.ops):
             if isinstance(op, mp.Copy):
                 assert (mp.ROOT / op.src).is_file(), op.src

@@ -43,12 +43,12 @@ def patched_tree(tmp_path_factory):
     """Pristine verl 0.9.1 from the sdist with the COMMITTED series applied by ``git apply``."""
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        import make_patches
+        from patches import build
     finally:
         sys.path.pop(0)
     tree = tmp_path_factory.mktemp("patched") / "verl"
     tree.mkdir()
-    make_patches.extract_sdist(tree)
+    build.extract_sdist(tree)
     patches = sorted(str(p) for p in SERIES.glob("*.patch"))
     assert patches, f"no patches in {SERIES}"
     for patch in patches:  # in order, each on top of the previous ones

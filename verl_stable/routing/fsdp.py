@@ -45,7 +45,9 @@ experts, per update under ``routing/`` (verl's v1 trainer logs them as ``actor/r
 π_old pass, under ``routing/old_pass/`` -- verl drops the π_old pass's metrics, so the engine hands them to
 the next update once.
 
+.. plugin-only: begin
 Registration in verl (a plugin-only concern, with the shims it needs): :mod:`verl_stable.integration.fsdp_engine`.
+.. plugin-only: end
 """
 
 from __future__ import annotations

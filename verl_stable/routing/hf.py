@@ -20,7 +20,7 @@ tokens_to_experts)          if ``norm_topk_prob``, ``* routed_scaling_factor``
 Each formula is the stock code's own arithmetic on the same values in the same order, so replaying the
 routes a model picked itself is bit-identical to not replaying. Families beyond the six built and run in
 the tests are listed only where their stock source is token-for-token the reference family's
-(tests/routing/test_hf_adapters_on_cpu.py::test_adapter_classes_share_the_reference_arithmetic).
+(tests/utils/routing_replay/test_hf_adapters_on_cpu.py::test_adapter_classes_share_the_reference_arithmetic).
 
 An adapter's ``install(module, choose)`` wraps one router so that every call asks
 ``choose(native_indices) -> indices or None`` (None keeps the stock output untouched) and returns a

@@ -1,0 +1,1 @@
+"""The upstream patch series: ``series`` declares it, ``build`` generates and checks it."""

@@ -1,0 +1,751 @@
+"""Build the upstream patch series ``patches/verl-<version>/`` from this project's code.
+
+This module is the engine; what the series contains is declared in ``series.py`` (``PATCHES``; PR
+descriptions in ``patches/templates/``). The series is generated, never edited by hand: the engine downloads
+the pristine verl sdist (cached under ``.cache/``, sha256-checked), copies verl-stable's modules into verl's
+tree with their imports rewritten by one module map, applies small anchored edits to verl files, regenerates
+verl's ``_generated_*.yaml`` trainer configs when a config file changed, runs verl's ruff config over the new
+Python files, commits each concern in a scratch git repository with a fixed author and date, and runs
+``git format-patch``.
+
+The operations:
+
+* :class:`CopyTree` / :class:`Copy` -- a project directory or file into verl's tree; Python imports and dotted
+  names are rewritten by one module map that :func:`build_module_map` derives from the copy operations
+  themselves, prose by :data:`TEXT_RULES`; a project import left unmapped, or any ``verl_stable`` left in a
+  written file, fails the run. Copying a directory copies whatever files it has today, so refactors of
+  ``verl_stable.routing`` flow into the series on the next run. Lines from a ``plugin-only: begin`` marker
+  line to a ``plugin-only: end`` one (``#`` comments in code, ``..`` comments in docstrings) are dropped.
+* :class:`Edit` -- replace an anchor text in a verl file (or a copied one); the anchor must occur exactly
+  ``count`` times or generation fails, naming the file and the anchor.
+* :class:`DropDefs` -- remove plugin-only top-level definitions from a copied module (they must exist).
+* :class:`NewFile` -- patch-only content (test fixtures for verl's tree, a docs page assembled from the
+  README's sections, package ``__init__``).
+
+    python scripts/make_patches.py            # rewrite patches/verl-0.9.1/*.patch and patches/README.md
+    python scripts/make_patches.py --check    # regenerate into a temp dir, fail with a diff if they differ
+    python scripts/make_patches.py --tree DIR # also leave the patched verl tree (a git repo) in DIR
+
+Needs: network or the cached sdist, git, and ruff (``pip install ruff==0.12.2``; verl's pre-commit pin).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Union
+
+ROOT = Path(__file__).resolve().parents[2]
+VERL_VERSION = "0.9.1"
+SDIST_NAME = f"verl-{VERL_VERSION}.tar.gz"
+SDIST_SHA256 = "3e03d8816b2546b2c5580705671b8d0bb3f79b8364e7b5c56dbfc1245536ba22"
+CACHE_DIR = ROOT / ".cache" / "verl-sdist"
+OUT_DIR = ROOT / "patches" / f"verl-{VERL_VERSION}"
+README_OUT = ROOT / "patches" / "README.md"
+RUFF_VERSION = "0.12.2"
+
+GIT_AUTHOR = ("verl-stable", "verl-stable@users.noreply.github.com")
+GIT_DATE = "2026-01-01T00:00:00+00:00"
+
+LICENSE_HEADER = """\
+# Copyright 2026 verl-stable contributors
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+
+
+class GenerationError(RuntimeError):
+    pass
+
+
+# ============================================================================================ operations
+@dataclass(frozen=True)
+class Copy:
+    """One project file -> one path in verl's tree (``.py`` rewritten by the module map)."""
+
+    src: str
+    dst: str
+
+
+@dataclass(frozen=True)
+class CopyTree:
+    """Every file matching ``pattern`` in a project directory -> a verl directory.
+
+    ``rename`` maps a source file name to a different destination (relative to ``dst``, may leave the
+    directory: ``"fsdp.py": "../../workers/engine/fsdp/router_replay.py"``).
+    """
+
+    src: str
+    dst: str
+    pattern: str = "*.py"
+    rename: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class Edit:
+    path: str
+    anchor: str
+    replacement: str
+    count: int = 1
+
+
+@dataclass(frozen=True)
+class DropDefs:
+    """Remove top-level definitions (functions, classes, assignments) by name from a copied module."""
+
+    path: str
+    names: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class NewFile:
+    path: str
+    content: Union[str, Callable[[], str]]
+
+
+Op = Union[Copy, CopyTree, Edit, DropDefs, NewFile]
+
+
+@dataclass
+class Patch:
+    slug: str
+    title: str
+    ops: list[Op] = field(default_factory=list)
+    #: tests (paths in verl's tree) that tests/patches runs against the patched tree
+    tests: tuple[str, ...] = ()
+
+    @property
+    def body(self) -> str:
+        """The commit message body = the PR description (verl's PR template sections)."""
+        path = TEMPLATES / f"{self.slug}.md"
+        if not path.is_file():
+            raise GenerationError(f"patch {self.slug}: no PR description {path.relative_to(ROOT)}")
+        return path.read_text()
+
+
+# ============================================================================================ helpers
+def readme_sections(path: str, headings: tuple[str, ...]) -> str:
+    """The README's sections under ``headings`` (exact heading lines), each up to the next heading."""
+    lines = (ROOT / path).read_text().splitlines()
+    out: list[str] = []
+    for heading in headings:
+        try:
+            start = lines.index(heading)
+        except ValueError as exc:
+            raise GenerationError(f"{path}: section heading {heading!r} not found (update the series)") from exc
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("#")), len(lines))
+        out += lines[start:end]
+    return "\n".join(out).rstrip() + "\n"
+
+
+TEMPLATES = ROOT / "patches" / "templates"
+
+
+def template(name: str) -> Callable[[], str]:
+    """Patch-only content kept as a file under patches/templates/ (gets verl's license header)."""
+    return lambda: LICENSE_HEADER + (TEMPLATES / name).read_text()
+
+
+# ============================================================================================ rewriting
+#: prose / YAML / Markdown rules applied to every copied or generated text file
+TEXT_RULES: list[tuple[str, str]] = [
+    (r"python -m verl_stable\.main", "python -m verl.trainer.main_ppo"),
+    # not inside string literals that start with the override (regexes in tests match it anyway)
+    (r"(?<![\w+.`\"'])algorithm=(?=[a-z])", "+algorithm="),
+    (r"`algorithm=", "`+algorithm="),
+    (r"(?<![\w+.`\"'])routing_replay=(?=[R<])", "+routing_replay="),
+    (r"verl-stable's ", ""),
+    (r" \(SPEC §[\d.]+\)", ""),  # the project's spec, not verl's
+    (r"verl_stable/addition_mod10", "addition_mod10"),
+    (r"verl_stable_cpu_device", "verl_cpu_device"),
+    # the plugin's subclass adds max_unrouted_fraction; the series adds it to verl's class itself
+    (r"verl_stable\.integration\.fsdp_engine\.RouterReplayConfig", "verl.workers.config.EngineRouterReplayConfig"),
+    # the plugin keeps compact routes through verl's agent loop by wrapping it; in verl's tree, the agent loop
+    (r"verl_stable\.integration\.agent_loop", "verl.experimental.agent_loop.agent_loop"),
+]
+
+
+def module_of(path: str) -> Optional[str]:
+    if not path.endswith(".py"):
+        return None
+    parts = path[: -len(".py")].split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def expand(ops: list[Op]) -> list[Op]:
+    out: list[Op] = []
+    for op in ops:
+        if isinstance(op, CopyTree):
+            src = ROOT / op.src
+            if not src.is_dir():
+                raise GenerationError(f"CopyTree: {op.src} is not a directory")
+            rename = dict(op.rename)
+            for f in sorted(src.glob(op.pattern)):
+                if not f.is_file():
+                    continue
+                dst = os.path.normpath(os.path.join(op.dst, rename.get(f.name, f.name)))
+                out.append(Copy(f"{op.src}/{f.name}", dst))
+            missing = set(rename) - {f.name for f in src.glob(op.pattern)}
+            if missing:
+                raise GenerationError(f"CopyTree {op.src}: renamed files not found: {sorted(missing)}")
+        else:
+            out.append(op)
+    return out
+
+
+def build_module_map(patches: list[Patch]) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for patch in patches:
+        for op in expand(patch.ops):
+            if isinstance(op, Copy) and op.src.endswith(".py"):
+                src_mod, dst_mod = module_of(op.src), module_of(op.dst)
+                if mapping.get(src_mod, dst_mod) != dst_mod:
+                    raise GenerationError(f"{op.src} is copied twice, to {mapping[src_mod]} and {dst_mod}")
+                mapping[src_mod] = dst_mod
+    return mapping
+
+
+_PLUGIN_ONLY_MARKER = re.compile(r"^\s*(?:#|\.\.)\s*plugin-only:\s*(begin|end)\s*$")
+
+
+def strip_plugin_only(text: str, path: str) -> str:
+    """Drop every block from a ``plugin-only: begin`` marker line to a ``plugin-only: end`` one, both included."""
+    kept: list[str] = []
+    inside = False
+    for n, line in enumerate(text.splitlines(keepends=True), 1):
+        m = _PLUGIN_ONLY_MARKER.match(line)
+        if m and (m.group(1) == "begin") == inside:
+            raise GenerationError(f"{path}:{n}: plugin-only marker {m.group(1)!r} without its pair")
+        if m:
+            inside = not inside
+        elif not inside:
+            kept.append(line)
+    if inside:
+        raise GenerationError(f"{path}: plugin-only block never ends")
+    return "".join(kept)
+
+
+def _map_module(name: str, mapping: dict[str, str]) -> Optional[str]:
+    if name in mapping:
+        return mapping[name]
+    for key in sorted(mapping, key=len, reverse=True):
+        if name.startswith(key + "."):
+            return mapping[key] + name[len(key) :]
+    return None
+
+
+def rewrite_python(text: str, path: str, mapping: dict[str, str]) -> str:
+    """Rewrite imports of project modules by ``mapping``; fail on any project import left unmapped."""
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    edits: list[tuple[int, int, int, int, str]] = []  # (line0, col0, line1, col1, new)
+    project_roots = {k.split(".")[0] for k in mapping}
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            root = node.module.split(".")[0]
+            if root not in project_roots:
+                continue
+            new_mod = _map_module(node.module, mapping)
+            names = []
+            for alias in node.names:
+                full = f"{node.module}.{alias.name}"
+                sub = mapping.get(full)
+                if sub is not None:  # ``from verl_stable import objectives`` -> from verl.x import minirl_objectives as objectives
+                    parent, leaf = sub.rsplit(".", 1)
+                    names.append((parent, leaf, alias.asname or alias.name))
+                elif new_mod is not None:
+                    names.append((new_mod, alias.name, alias.asname))
+                else:
+                    raise GenerationError(f"{path}:{node.lineno}: no module map entry for {full}")
+            parents = {p for p, _, _ in names}
+            indent = " " * node.col_offset
+            stmts = []
+            for parent in sorted(parents):
+                parts = [f"{leaf} as {asn}" if asn and asn != leaf else leaf for p, leaf, asn in names if p == parent]
+                stmts.append(f"from {parent} import {', '.join(parts)}")
+            new = ("\n" + indent).join(stmts)
+            edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, new))
+        elif isinstance(node, ast.Import):
+            if not any(a.name.split(".")[0] in project_roots for a in node.names):
+                continue
+            parts = []
+            for alias in node.names:
+                new_mod = _map_module(alias.name, mapping) if alias.name.split(".")[0] in project_roots else alias.name
+                if new_mod is None:
+                    raise GenerationError(f"{path}:{node.lineno}: no module map entry for {alias.name}")
+                if alias.asname:
+                    parts.append(f"{new_mod} as {alias.asname}")
+                elif new_mod != alias.name:
+                    if "." in alias.name:
+                        raise GenerationError(f"{path}:{node.lineno}: `import {alias.name}` needs an alias to be moved")
+                    parts.append(f"{new_mod} as {alias.name}")
+                else:
+                    parts.append(new_mod)
+            edits.append((node.lineno, node.col_offset, node.end_lineno, node.end_col_offset, f"import {', '.join(parts)}"))
+
+    for l0, c0, l1, c1, new in sorted(edits, reverse=True):
+        head = lines[l0 - 1][:c0]
+        tail = lines[l1 - 1][c1:]
+        lines[l0 - 1 : l1] = [head + new + tail]
+    return wrap_long_prose(rewrite_prose("".join(lines), mapping), path)
+
+
+def rewrite_prose(text: str, mapping: dict[str, str]) -> str:
+    """Dotted project names in strings, comments and docstrings (``verl_stable.routing.Routes``)."""
+    roots = sorted({k.split(".")[0] for k in mapping if "." in k})
+    pattern = re.compile(r"(?<![\w.])(?:%s)(?:\.\w+)+" % "|".join(map(re.escape, roots)))
+
+    def sub(m: re.Match) -> str:
+        name = m.group(0)
+        parts = name.split(".")
+        for n in range(len(parts), 0, -1):  # the longest prefix that is a module
+            mod = _map_module(".".join(parts[:n]), mapping)
+            if mod is not None:
+                return ".".join([mod, *parts[n:]])
+        return name
+
+    return rewrite_text(pattern.sub(sub, text))
+
+
+def rewrite_text(text: str) -> str:
+    for pat, repl in TEXT_RULES:
+        text = re.sub(pat, repl, text)
+    return text
+
+
+def wrap_long_prose(text: str, path: str, limit: int = 120) -> str:
+    """Re-wrap comment and docstring lines that renaming pushed past verl's line length (code lines fail ruff)."""
+    import io
+    import tokenize
+
+    prose: dict[int, str] = {}  # line number -> "comment" | "string"
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.COMMENT:
+            prose[tok.start[0]] = "comment"
+        elif tok.type == tokenize.STRING and tok.end[0] > tok.start[0] and not tok.line[: tok.start[1]].strip():
+            # a statement-level string (docstring), not a multi-line argument such as code for a subprocess
+            for n in range(tok.start[0] + 1, tok.end[0]):
+                prose[n] = "string"
+    src = text.splitlines()
+    out: list[str] = []
+    carry = ""  # the tail of a wrapped line, prepended to the next line of the same paragraph
+    carry_prefix = ""
+    for n, line in enumerate(src, 1):
+        kind = prose.get(n)
+        indent = len(line) - len(line.lstrip())
+        if carry:
+            body = line.strip()
+            if kind == "comment":
+                body = body[1:].lstrip() if body.startswith("#") else None
+            if kind and body and not re.match(r"([*|=-]|\d+\.)\s", body):
+                line = line[:indent] + ("# " if kind == "comment" else "") + carry + " " + body
+            else:
+                out.append(carry_prefix + carry)
+            carry = ""
+        while kind and len(line) > limit and not line.lstrip().startswith(("|", "=")):
+            if kind == "comment" and not line.lstrip().startswith("#"):
+                break
+            cut = line.rfind(" ", 0, limit)
+            indent = len(line) - len(line.lstrip())
+            if cut <= indent:
+                break
+            carry_prefix = line[:indent] + ("# " if kind == "comment" else "")
+            line, carry = line[:cut].rstrip(), line[cut + 1 :]
+        out.append(line)
+    if carry:
+        out.append(carry_prefix + carry)
+    return "\n".join(out) + ("\n" if text.endswith("\n") else "")
+
+
+def drop_defs(text: str, path: str, names: tuple[str, ...]) -> str:
+    tree = ast.parse(text)
+    lines = text.splitlines(keepends=True)
+    spans = []
+    found = set()
+    for node in tree.body:
+        targets: list[str] = []
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            targets = [node.name]
+        elif isinstance(node, ast.Assign):
+            targets = [t.id for t in node.targets if isinstance(t, ast.Name)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            targets = [node.target.id]
+        hit = [t for t in targets if t in names]
+        if hit:
+            found.update(hit)
+            start = min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])])
+            spans.append((start, node.end_lineno))
+    missing = set(names) - found
+    if missing:
+        raise GenerationError(f"DropDefs {path}: no top-level definition named {sorted(missing)} (update the series)")
+    for start, end in spans:  # comment lines directly above a dropped definition go with it
+        while start > 1 and lines[start - 2].lstrip().startswith("#"):
+            start -= 1
+        for i in range(start - 1, end):
+            lines[i] = None
+    for node in tree.body:  # and the names leave ``__all__``
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            for i in range(node.lineno - 1, node.end_lineno):
+                if lines[i] is None:
+                    continue
+                for name in names:
+                    lines[i] = re.sub(r"""\s*(["'])%s\1,?""" % re.escape(name), "", lines[i])
+                if not lines[i].strip():
+                    lines[i] = None
+    lines = [line for line in lines if line is not None]
+    return re.sub(r"\n{3,}(?=\S)", "\n\n\n", "".join(lines)).rstrip() + "\n"
+
+
+def with_license(text: str) -> str:
+    if "Licensed under the Apache License" in text.split('"""', 1)[0]:
+        return text
+    return LICENSE_HEADER + text
+
+
+# ============================================================================================ sdist / git
+def fetch_sdist() -> Path:
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    target = CACHE_DIR / SDIST_NAME
+    if not target.exists():
+        with tempfile.TemporaryDirectory() as tmp:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                   f"verl=={VERL_VERSION}", "-d", tmp, "--quiet"]  # fmt: skip
+            res = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(tmp) / SDIST_NAME
+            if res.returncode != 0 or not got.exists():
+                raise GenerationError(f"could not download the verl {VERL_VERSION} sdist:\n{res.stdout}{res.stderr}")
+            shutil.copy(got, target)
+    digest = hashlib.sha256(target.read_bytes()).hexdigest()
+    if digest != SDIST_SHA256:
+        raise GenerationError(f"{target}: sha256 {digest} != expected {SDIST_SHA256}; delete it and retry")
+    return target
+
+
+def extract_sdist(dest: Path) -> None:
+    with tarfile.open(fetch_sdist()) as tar:
+        prefix = f"verl-{VERL_VERSION}/"
+        members = []
+        for m in tar.getmembers():
+            if not m.name.startswith(prefix) or m.name.startswith(prefix + "verl.egg-info") or m.name == prefix + "PKG-INFO":
+                continue
+            m.name = m.name[len(prefix) :]
+            if m.name:
+                members.append(m)
+        tar.extractall(dest, members=members, filter="data")
+
+
+def git_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
+    env.update(
+        GIT_AUTHOR_NAME=GIT_AUTHOR[0], GIT_AUTHOR_EMAIL=GIT_AUTHOR[1], GIT_AUTHOR_DATE=GIT_DATE,
+        GIT_COMMITTER_NAME=GIT_AUTHOR[0], GIT_COMMITTER_EMAIL=GIT_AUTHOR[1], GIT_COMMITTER_DATE=GIT_DATE,
+        GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL=os.devnull, TZ="UTC", LC_ALL="C",
+    )  # fmt: skip
+    return env
+
+
+def git(tree: Path, *args: str, **kw) -> str:
+    res = subprocess.run(["git", "-C", str(tree), *args], capture_output=True, text=True, env=git_env(), **kw)
+    if res.returncode != 0:
+        raise GenerationError(f"git {' '.join(args)} failed:\n{res.stdout}{res.stderr}")
+    return res.stdout
+
+
+def find_ruff() -> list[str]:
+    override = os.environ.get("RUFF")
+    if override:
+        return [override]
+    candidates = [Path(sys.executable).parent / "ruff", shutil.which("ruff")]
+    for c in candidates:
+        if c and Path(c).exists():
+            return [str(c)]
+    try:
+        import ruff  # noqa: F401
+
+        return [sys.executable, "-m", "ruff"]
+    except ImportError as exc:
+        raise GenerationError(f"ruff not found: pip install ruff=={RUFF_VERSION} (or set RUFF=/path/to/ruff)") from exc
+
+
+def ruff(tree: Path, files: list[str]) -> None:
+    if not files:
+        return
+    exe = find_ruff()
+    version = subprocess.run([*exe, "--version"], capture_output=True, text=True).stdout.split()[-1]
+    if version != RUFF_VERSION:
+        raise GenerationError(f"ruff {version} found, the series is formatted with ruff {RUFF_VERSION} (verl's pin)")
+    env = {**os.environ, "RUFF_NO_CACHE": "true"}
+    subprocess.run([*exe, "check", "--fix", "--quiet", *files], cwd=tree, env=env, capture_output=True)
+    res = subprocess.run([*exe, "format", "--quiet", *files], cwd=tree, env=env, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise GenerationError(f"ruff format failed on the generated files:\n{res.stdout}{res.stderr}")
+    res = subprocess.run([*exe, "check", "--output-format=concise", *files], cwd=tree, env=env,
+                         capture_output=True, text=True)  # fmt: skip
+    if res.returncode != 0:
+        raise GenerationError(f"ruff (verl's config) reports problems in the generated files:\n{res.stdout}")
+
+
+_GENERATED_HEADER = re.compile(
+    r"invokes 'python3 scripts/print_cfg.py --cfg job ?(?P<args>[^']*)' to flatten the "
+    r"'verl/trainer/config/(?P<config>\w+)\.yaml'"
+)
+
+
+def trainer_config_specs(tree: Path) -> list[tuple[Path, list[str]]]:
+    """verl's ``_generated_*.yaml`` files and the print_cfg.py arguments their own headers name."""
+    specs = []
+    for f in sorted((tree / "verl/trainer/config").glob("_generated_*.yaml")):
+        m = _GENERATED_HEADER.search(f.read_text().split("\n", 3)[1])
+        if m is None:
+            raise GenerationError(f"{f.name}: unrecognised header, cannot regenerate it")
+        args = m["args"].split()
+        if m["config"] != "ppo_trainer":
+            args.append(f"--config-name={m['config']}")
+        specs.append((f, args))
+    return specs
+
+
+def regenerate_trainer_configs(tree: Path) -> None:
+    """What verl's scripts/generate_trainer_config.sh does, on the patched tree with this interpreter."""
+    env = {**os.environ, "PYTHONPATH": str(tree), "VERL_USE_EXTERNAL_PLUGINS": "none", "VERL_LOGGING_LEVEL": "ERROR"}
+    env.pop("VERL_PLATFORM", None)
+    for target, args in trainer_config_specs(tree):
+        res = subprocess.run([sys.executable, "scripts/print_cfg.py", "--cfg", "job", *args], cwd=tree, env=env,
+                             capture_output=True, text=True)  # fmt: skip
+        if res.returncode != 0:
+            raise GenerationError(f"print_cfg.py {args} failed:\n{res.stderr[-3000:]}")
+        out_lines = res.stdout.splitlines(keepends=True)
+        start = next(i for i, line in enumerate(out_lines) if line.startswith("actor_rollout_ref"))
+        header = "".join(target.read_text().splitlines(keepends=True)[:5])
+        target.write_text(header + "".join(out_lines[start:]))
+
+
+def check_config_generation(tree: Path) -> None:
+    """Regenerating the pristine tree must reproduce the sdist's files, or the diffs would carry noise."""
+    before = {f: f.read_bytes() for f, _ in trainer_config_specs(tree)}
+    regenerate_trainer_configs(tree)
+    changed = [f.name for f, data in before.items() if f.read_bytes() != data]
+    if changed:
+        raise GenerationError(
+            f"regenerating the pristine {changed} with this environment changes them (different hydra/omegaconf "
+            "or an installed plugin?); use the environment of the project's .venv"
+        )
+
+
+# ============================================================================================ build
+def apply_patch_ops(tree: Path, patch: Patch, mapping: dict[str, str]) -> list[str]:
+    """Apply one patch's operations to ``tree``; return the touched paths."""
+    touched: list[str] = []
+    for op in expand(patch.ops):
+        if isinstance(op, Copy):
+            src = ROOT / op.src
+            if not src.is_file():
+                raise GenerationError(f"Copy {op.src}: no such file in this repository (update the series)")
+            text = strip_plugin_only(src.read_text(), op.src)
+            dst = tree / op.dst
+            if dst.exists():
+                raise GenerationError(f"Copy {op.src} -> {op.dst}: destination already exists in verl's tree")
+            if op.src.endswith(".py"):
+                text = with_license(rewrite_python(text, op.src, mapping))
+            else:
+                text = rewrite_prose(text, mapping)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(text)
+            touched.append(op.dst)
+        elif isinstance(op, NewFile):
+            content = rewrite_prose(op.content() if callable(op.content) else op.content, mapping)
+            dst = tree / op.path
+            if dst.exists():
+                raise GenerationError(f"NewFile {op.path}: already exists in verl's tree")
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            dst.write_text(content)
+            touched.append(op.path)
+        elif isinstance(op, Edit):
+            dst = tree / op.path
+            if not dst.exists():
+                raise GenerationError(f"Edit {op.path}: file not found in verl's tree")
+            text = dst.read_text()
+            n = text.count(op.anchor)
+            if n != op.count:
+                raise GenerationError(
+                    f"Edit {op.path}: anchor found {n} times, expected {op.count}:\n{op.anchor}"
+                )
+            dst.write_text(text.replace(op.anchor, op.replacement))
+            touched.append(op.path)
+        elif isinstance(op, DropDefs):
+            dst = tree / op.path
+            dst.write_text(drop_defs(dst.read_text(), op.path, op.names))
+            touched.append(op.path)
+    leftovers = []
+    for rel in dict.fromkeys(touched):
+        if rel.endswith((".py", ".yaml", ".md")):
+            for i, line in enumerate((tree / rel).read_text().splitlines(), 1):
+                if "verl_stable" in line:
+                    leftovers.append(f"  {rel}:{i}: {line.strip()}")
+    if leftovers:
+        raise GenerationError(
+            "project names left after rewriting (extend TEXT_RULES or the series):\n" + "\n".join(leftovers)
+        )
+    return list(dict.fromkeys(touched))
+
+
+def build(work: Path, out_dir: Path, patches: list[Patch]) -> list[tuple[Patch, list[str]]]:
+    """Build the series into ``out_dir``; the scratch repo (the patched tree) is ``work``."""
+    mapping = build_module_map(patches)
+    extract_sdist(work)
+    git(work, "init", "-q", "-b", "main")
+    git(work, "add", "-A")
+    git(work, "commit", "-q", "-m", f"verl {VERL_VERSION} (PyPI sdist)")
+    git(work, "tag", "pristine")
+    check_config_generation(work)
+    result = []
+    for patch in patches:
+        touched = apply_patch_ops(work, patch, mapping)
+        ruff(work, [t for t in touched if t.endswith(".py") and _is_new(work, t)])
+        if any(t.startswith("verl/trainer/config/") and t.endswith(".yaml") for t in touched):
+            regenerate_trainer_configs(work)
+        git(work, "add", "-A")
+        files = git(work, "diff", "--cached", "--name-status").rstrip().splitlines()
+        kinds = {"A": "new", "M": "modified", "D": "deleted"}
+        listing = "\n".join(f"- `{f.split(chr(9))[1]}` ({kinds.get(f[0], f[0])})" for f in files)
+        body = patch.body.replace("{files}", listing)
+        git(work, "commit", "-q", "-F", "-", input=f"{patch.title}\n\n{body}")
+        result.append((patch, touched))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in out_dir.glob("*.patch"):
+        f.unlink()
+    git(work, "-c", "diff.algorithm=myers", "format-patch", "-q", "--zero-commit", "--no-signature", "--full-index",
+        "--no-renames", "--stat=200", "-o", str(out_dir), "pristine")  # fmt: skip
+    for i, (patch, _) in enumerate(result, 1):
+        # the file names follow the titles; keep them short and stable
+        produced = sorted(out_dir.glob(f"{i:04d}-*.patch"))
+        produced[0].rename(out_dir / f"{i:04d}-{patch.slug}.patch")
+    return result
+
+
+def _is_new(tree: Path, rel: str) -> bool:
+    res = subprocess.run(["git", "-C", str(tree), "cat-file", "-e", f"HEAD:{rel}"], capture_output=True, env=git_env())
+    return res.returncode != 0
+
+
+def readme(result: list[tuple[Patch, list[str]]], out_dir: Path) -> str:
+    parts = [
+        f"# Upstream patch series against verl {VERL_VERSION}\n",
+        "Generated by `python scripts/make_patches.py` from this repository's code -- do not edit by hand.",
+        "`tests/patches/test_patch_series_on_cpu.py` regenerates the series and fails if it differs from",
+        "what is committed here, applies it to the pristine PyPI sdist, and runs the copied tests against",
+        "the patched verl with verl-stable's plugin switched off (`VERL_USE_EXTERNAL_PLUGINS=none`).\n",
+        "Apply to a verl 0.9.1 git checkout with `git am patches/verl-0.9.1/*.patch`, or to an unpacked sdist",
+        "one patch at a time, in order (later patches touch lines earlier ones changed):\n",
+        "    for p in patches/verl-0.9.1/*.patch; do git apply --check \"$p\" && git apply \"$p\" || break; done\n",
+        "How it is checked (`pytest tests/patches`, about 2.5 minutes on 2 CPU cores): regenerate and compare;",
+        "apply each committed patch in order to the unpacked sdist with `git apply --check` / `git apply`;",
+        "import the patched tree with `verl_stable` made unimportable; run, in one pytest process against the",
+        "patched tree, the tests each patch lists in `scripts/patches/series.py` (`python scripts/make_patches.py",
+        "--list-tests`): the copied MiniRL, routing-replay, FSDP-engine and CPU tests, and verl's own CPU tests of",
+        "the files the series modifies that ship in the sdist (`tests/trainer/ppo/test_core_algos_on_cpu.py`,",
+        "`test_dynamic_policy_losses_on_cpu.py`, `test_loss_aggregation_on_cpu.py`,",
+        "`tests/checkpoint_engine/test_global_steps_on_cpu.py`, `tests/plugin/test_platform_abstraction.py`).",
+        "The sdist ships no `docs/`, `.github/` or `tests/special_sanity/`; verl's `check_license.py` accepts a",
+        "fixed list of copyright lines, so the new files' `Copyright 2026 verl-stable contributors` line has to",
+        "be added to it (its \"Add custom license headers below\" list) when the PRs are opened.\n",
+    ]
+    for i, (patch, touched) in enumerate(result, 1):
+        parts.append(f"## {i:04d} `{patch.title}`\n")
+        parts.append(f"File: `{OUT_DIR.relative_to(ROOT)}/{i:04d}-{patch.slug}.patch`\n")
+        parts.append("(The PR description is the commit message; reproduced here.)\n")
+        body = (out_dir / f"{i:04d}-{patch.slug}.patch").read_text()
+        msg = body.split("\n\n", 1)[1].split("\n---\n", 1)[0]
+        parts.append(msg.rstrip() + "\n")
+    return "\n".join(parts)
+
+
+def generate(out_dir: Path, readme_path: Path, tree_dir: Optional[Path]) -> None:
+    with tempfile.TemporaryDirectory(prefix="verl-patches-") as tmp:
+        work = Path(tmp) / "verl"
+        work.mkdir()
+        try:
+            from .series import PATCHES
+
+            result = build(work, out_dir, PATCHES)
+            readme_path.write_text(readme(result, out_dir))
+        finally:  # the scratch tree is also what to look at when generation fails
+            if tree_dir is not None:
+                if tree_dir.exists():
+                    shutil.rmtree(tree_dir)
+                shutil.copytree(work, tree_dir, symlinks=True)
+
+
+def check(tree_dir: Optional[Path] = None) -> int:
+    with tempfile.TemporaryDirectory(prefix="verl-patches-check-") as tmp:
+        out = Path(tmp) / OUT_DIR.relative_to(ROOT)
+        readme_tmp = Path(tmp) / "README.md"
+        generate(out, readme_tmp, tree_dir)
+        problems = []
+        want = {p.name: p for p in out.glob("*.patch")} | {"README.md": readme_tmp}
+        have = {p.name: p for p in OUT_DIR.glob("*.patch")} | ({"README.md": README_OUT} if README_OUT.exists() else {})
+        for name in sorted(set(want) | set(have)):
+            if name not in have:
+                problems.append(f"missing (not committed): {name}")
+            elif name not in want:
+                problems.append(f"stale (no longer generated): {name}")
+            elif want[name].read_bytes() != have[name].read_bytes():
+                diff = list(difflib.unified_diff(have[name].read_text().splitlines(), want[name].read_text().splitlines(),
+                                                 f"committed/{name}", f"generated/{name}", lineterm="", n=1))  # fmt: skip
+                problems.append(f"differs: {name} ({len(diff)} diff lines)\n" + "\n".join(diff[:40]))
+        if problems:
+            print("patch series is out of date; run `python scripts/make_patches.py` and commit:\n", file=sys.stderr)
+            print("\n".join(problems), file=sys.stderr)
+            return 1
+        print(f"patch series is current ({len(want) - 1} patches)")
+        return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail if the committed series differs")
+    parser.add_argument("--tree", type=Path, help="also leave the patched verl tree (a git repo) here")
+    parser.add_argument("--list-tests", action="store_true", help="print the tests (paths in verl's tree) to run")
+    args = parser.parse_args(argv)
+    if args.list_tests:
+        from .series import PATCHES
+
+        print("\n".join(t for patch in PATCHES for t in patch.tests))
+        return 0
+    try:
+        if args.check:
+            return check(args.tree)
+        generate(OUT_DIR, README_OUT, args.tree)
+        print(f"wrote {len(list(OUT_DIR.glob('*.patch')))} patches to {OUT_DIR.relative_to(ROOT)}")
+        return 0
+    except GenerationError as exc:
+        print(f"make_patches: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
