@@ -176,7 +176,8 @@ TEXT_RULES: list[tuple[str, str]] = [
     (r"`algorithm=", "`+algorithm="),
     (r"(?<![\w+.`\"'])routing_replay=(?=[R<])", "+routing_replay="),
     (r"verl-stable's ", ""),
-    (r" \(SPEC §[\d.]+\)", ""),  # the project's spec, not verl's
+    (r" \(docs/method\.md §[\d.\-–]+\)", ""),  # the project's method notes, not verl's
+    (r" \(\[docs/method\.md §[\d.\-–]+\]\(docs/method\.md#s\d+\)\)", ""),  # the same, as a Markdown link
     (r"verl_stable/addition_mod10", "addition_mod10"),
     (r"verl_stable_cpu_device", "verl_cpu_device"),
     # the plugin's subclass adds max_unrouted_fraction; the series adds it to verl's class itself

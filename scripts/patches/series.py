@@ -338,7 +338,7 @@ PATCHES: list[Patch] = [
             captured = meta_info.get("routed_experts", None)
             if captured is not None:
                 from verl.utils.routing_replay.hf import spec_from_config
-                from verl.utils.routing_replay.routes import decode_sglang_routed_experts
+                from verl.utils.routing_replay.codecs import decode_sglang_routed_experts
 
                 routed_experts = decode_sglang_routed_experts(captured, spec_from_config(self.model_config.hf_config))
 """,
@@ -355,7 +355,7 @@ PATCHES: list[Patch] = [
             if routed_experts is not None:
                 # numpy int32 [n, num_hidden_layers, top_k] -> the routes' compact dtype, same shape
                 from verl.utils.routing_replay.hf import spec_from_config
-                from verl.utils.routing_replay.routes import compact_engine_routes
+                from verl.utils.routing_replay.codecs import compact_engine_routes
 
                 routed_experts = compact_engine_routes(
                     routed_experts, spec_from_config(self.model_config.hf_config), "vLLM routed_experts"

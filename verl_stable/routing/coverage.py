@@ -30,7 +30,7 @@ __all__ = ["MAX_UNROUTED_KEY", "RouteCoverage", "UnroutedTokensError", "check_un
 def check_unrouted_fraction(value) -> None:
     """The one rule for the tolerance switch: a number in [0, 1] (a bool is not one). Shared by the
     router_replay config block, :meth:`RouteCoverage.check` and the launch-time config validation."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
         raise ValueError(f"{MAX_UNROUTED_KEY}={value!r}: must be a fraction in [0, 1]")
 
 
