@@ -157,3 +157,29 @@ def test_label_smoothing_spreads_mass_over_answers_only():
     sharper[alphabet] *= 0.5
     sharper[alphabet[3]] = 1 - sharper[alphabet].sum() + sharper[alphabet[3]]
     assert loss_of(sharper.log()) > best  # a fully confident model is not the optimum: the teacher is unsure
+
+
+def test_the_build_cache_reuses_a_matching_recipe_and_rebuilds_another(tmp_path):
+    from verl_stable.tasks import tiny_moe
+
+    built = []
+
+    def build(path):
+        path.mkdir(parents=True, exist_ok=True)
+        built.append(path)
+        return {"note": len(built)}
+
+    assert tiny_moe.build_cached(tmp_path / "m", {"seed": 0}, build) == str(tmp_path / "m")
+    tiny_moe.build_cached(tmp_path / "m", {"seed": 0}, build)
+    assert len(built) == 1
+    marker = json.loads((tmp_path / "m" / tiny_moe.MARKER).read_text())
+    assert marker == {"recipe": {"seed": 0}, "recipe_hash": tiny_moe.recipe_hash({"seed": 0}), "note": 1}
+    tiny_moe.build_cached(tmp_path / "m", {"seed": 1}, build)
+    assert len(built) == 2
+
+
+def test_label_smoothing_needs_an_alphabet_to_spread_over():
+    from verl_stable.tasks import tiny_moe
+
+    with pytest.raises(ValueError, match="alphabet"):
+        tiny_moe.sft(torch.nn.Linear(1, 1), lambda: None, steps=1, lr=1e-3, label_smoothing=0.1)

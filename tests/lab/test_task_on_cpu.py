@@ -109,3 +109,18 @@ def test_same_seed_same_data_other_seed_other_data(tmp_path):
         assert pd.read_parquet(x).equals(pd.read_parquet(y))
     assert _pairs(first[1]) != _pairs(other[1])
     assert not _pairs(first[0]) & _pairs(first[1])
+
+
+def test_one_reward_file_scores_the_demos_and_the_labs_rows_by_their_rule():
+    from verl_stable.tasks import addition
+
+    assert set(addition.SUPPORTED_DATA_SOURCES) == {addition.DATA_SOURCE, task.DATA_SOURCE}
+    # the demo's member: the first non-blank character is the digit (mod 10)
+    demo = addition.make_rows(1, seed=0, split="train")[0]
+    a, b = demo["extra_info"]["a"], demo["extra_info"]["b"]
+    assert demo["prompt"][0]["content"] == f"{a}+{b}=" and demo["reward_model"]["ground_truth"] == str((a + b) % 10)
+    assert addition.compute_score(addition.DATA_SOURCE, " 7<junk>", "7") == 1.0
+    assert addition.compute_score(addition.DATA_SOURCE, "17", "7") == 0.0
+    # the lab's member: exactly the full sum
+    assert addition.compute_score(task.DATA_SOURCE, "17", "17") == 1.0
+    assert addition.compute_score(task.DATA_SOURCE, "7", "17") == 0.0

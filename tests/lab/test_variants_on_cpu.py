@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from tests.lab.addition_setup import addition_setup
 from verl_stable.lab import run, sampler, variants
-from verl_stable.lab.setup import addition_setup, default_setup
+from verl_stable.lab.setup import default_setup
 from verl_stable.validation import compose_trainer_config, validate_trainer_config
 
 PROMPTS = 8

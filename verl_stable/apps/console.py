@@ -455,3 +455,59 @@ def run_logged(
             tree.kill()
         new_rows()
     return proc.returncode
+
+
+# ------------------------------------------------------------------------------------- running verl's trainer
+def trainer_env(metrics_path: str | Path) -> dict:
+    """The environment of a ``python -m verl_stable.main`` run on CPU: this one, plus verl-stable's CPU
+    platform, verl's file logger pointed at ``metrics_path`` and quiet tokenizers."""
+    from verl_stable.cpu import CPU_RAY_ENV
+
+    try:
+        import psutil
+
+        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
+    except ImportError:  # pragma: no cover - psutil comes with ray[default]
+        cores = os.cpu_count() or 1
+    env = {
+        **os.environ,
+        **CPU_RAY_ENV,
+        "VERL_FILE_LOGGER_PATH": str(metrics_path),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
+    # TransferQueue asks torch for 8 threads and warns ~120 times a step when the machine has fewer physical
+    # cores; asking for what exists silences it at the source.
+    env.setdefault("TQ_NUM_THREADS", str(min(8, cores)))
+    env.setdefault("RAY_DEDUP_LOGS", "1")
+    return env
+
+
+def run_trainer(
+    overrides: Sequence[str],
+    *,
+    cwd: str | Path,
+    log_path: str | Path,
+    metrics_path: str | Path,
+    on_row: Callable[[dict], None],
+    verbose: bool = False,
+) -> int:
+    """``python -m verl_stable.main <overrides>`` in ``cwd`` through :func:`run_logged`, in
+    :func:`trainer_env`; ``on_row`` gets each step's metrics row. Returns the exit status."""
+    return run_logged(
+        [sys.executable, "-m", "verl_stable.main", *overrides],
+        log_path=log_path,
+        metrics_path=metrics_path,
+        on_row=on_row,
+        env=trainer_env(metrics_path),
+        cwd=cwd,
+        verbose=verbose,
+    )
+
+
+def print_failure(log_path: str | Path, *, indent: str = "  ", disks: Sequence[str | Path] = ()) -> None:
+    """After a failed run, to stderr: the cause read from its log (:func:`last_error`), then each of ``disks``
+    that is full."""
+    for line in last_error(log_path):
+        print(f"{indent}{line}", file=sys.stderr)
+    for disk in full_disks(disks) if disks else ():
+        print(f"{indent}the disk is full: {disk}", file=sys.stderr)

@@ -24,29 +24,11 @@ from pathlib import Path
 from typing import Optional
 
 from verl_stable.apps import console
-from verl_stable.cpu import CPU_RAY_ENV, ROLLOUT_NAME
+from verl_stable.cpu import ROLLOUT_NAME
 from verl_stable.cpu.hf_engine import SUPPORTED_QUANTIZATION
 from verl_stable.apps.cpu_overrides import cpu_overrides
 
 GROUP_SIZE = 8
-
-
-def _env(run_dir: Path, metrics: Path) -> dict:
-    try:
-        import psutil
-
-        cores = psutil.cpu_count(logical=False) or os.cpu_count() or 1
-    except ImportError:  # pragma: no cover - psutil comes with ray[default]
-        cores = os.cpu_count() or 1
-    return {
-        **os.environ,
-        **CPU_RAY_ENV,
-        "VERL_FILE_LOGGER_PATH": str(metrics),
-        "TOKENIZERS_PARALLELISM": "false",
-        # TransferQueue asks torch for 8 threads and warns many times a step when the machine has fewer
-        # physical cores; asking for what exists silences it at the source.
-        "TQ_NUM_THREADS": os.environ.get("TQ_NUM_THREADS", str(min(8, cores))),
-    }
 
 
 def _override_value(overrides: list[str], key: str):
@@ -54,16 +36,6 @@ def _override_value(overrides: list[str], key: str):
         if item.lstrip("+~").split("=", 1)[0] == key and "=" in item:
             return item.split("=", 1)[1]
     return None
-
-
-def _build_model_once(model_dir: Path, build) -> None:
-    """The seeded tiny model is the same every time: build it once per run directory (a marker says how)."""
-    marker = model_dir / "verl_stable_build.txt"
-    recipe = "tasks.addition.build_model_dir seed=0"
-    if marker.exists() and marker.read_text() == recipe:
-        return
-    build(model_dir, seed=0)
-    marker.write_text(recipe)
 
 
 def parse_args(argv: list[str] | None = None):
@@ -188,7 +160,7 @@ def _main(argv: list[str] | None = None) -> int:
     from transformers.utils import logging as hf_logging
 
     from verl_stable import validation
-    from verl_stable.tasks.addition import DATA_SOURCE, build_dataset, build_model_dir
+    from verl_stable.tasks.addition import DATA_SOURCE, build_dataset, cached_model_dir
 
     hf_logging.disable_progress_bar()  # "Writing model shards" bars for a one-shard tiny model
 
@@ -220,7 +192,8 @@ def _main(argv: list[str] | None = None) -> int:
     print("[demo] stale updates: actor_rollout_ref.actor.ppo_mini_batch_size=2 (2 updates per step); "
           "full output on screen: VERBOSE=1")
     _Phase.now = "building the model"
-    _build_model_once(run_dir / "model", build_model_dir)
+    # the seeded tiny model is the same every time: built once per run directory
+    cached_model_dir(run_dir / "model", seed=0)
 
     # Nothing an earlier run wrote is lost: its log and verl's raw metrics move to train.1.log, ...
     kept = [console.rotate(path) for path in (log, verl_metrics)]
@@ -250,10 +223,8 @@ def _main(argv: list[str] | None = None) -> int:
             fields.setdefault("_lost", f"{type(exc).__name__}: {exc}")
         print(f"[demo] {console.step_line(row, total, held_out)}", flush=True)
 
-    rc = console.run_logged(
-        [sys.executable, "-m", "verl_stable.main", *overrides],
-        log_path=log, metrics_path=verl_metrics, on_row=on_row, env=_env(run_dir, verl_metrics), cwd=run_dir,
-        verbose=args.verbose,
+    rc = console.run_trainer(
+        overrides, cwd=run_dir, log_path=log, metrics_path=verl_metrics, on_row=on_row, verbose=args.verbose
     )
     elapsed = time.monotonic() - start
     if not run_dir.exists():
@@ -265,11 +236,8 @@ def _main(argv: list[str] | None = None) -> int:
         print(f"[demo] could not append to {metrics}: {fields['_lost']}", file=sys.stderr)
     if rc != 0:
         print(f"[demo] failed after {elapsed:.0f} s (exit {rc}), {len(rows)} step(s) done:", file=sys.stderr)
-        for line in console.last_error(log):
-            print(f"  {line}", file=sys.stderr)
         ckpt_root = _override_value(overrides, "trainer.default_local_dir")
-        for disk in console.full_disks([run_dir, *([run_dir / ckpt_root] if ckpt_root else [])]):
-            print(f"  the disk is full: {disk}", file=sys.stderr)
+        console.print_failure(log, disks=[run_dir, *([run_dir / ckpt_root] if ckpt_root else [])])
         print(f"[demo] full log: {log}" + (f"; the steps done are in {metrics}" if rows else ""), file=sys.stderr)
         return rc
     if expected is not None and len(rows) < expected:

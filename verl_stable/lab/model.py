@@ -4,7 +4,8 @@ The cold start teaches the task with an under-confident teacher (label-smoothed 
 — or, for the ``noisy`` mix, partly wrong — answers to *training* problems only): the model's greedy answer
 is mostly right, its samples are right only part of the time, and RL has room to improve. :data:`COLD_STARTS` are the recipes the paper's cold-start
 comparison varies (initialisation seed, SFT data mix, length); :func:`build_lab_model` saves one as a
-Hugging Face model directory with the tokenizer, cached under a hash of its recipe.
+Hugging Face model directory with the tokenizer, cached under a hash of its recipe. The model, the SFT loop and
+the cache are :mod:`verl_stable.tasks.tiny_moe`'s; what is the lab's own is the recipes and the SFT targets.
 
 :data:`MISMATCH_SETTINGS` is the training–inference mismatch dial: Hydra overrides of the ``hf_cpu``
 rollout's precision, from bf16 (the default, the smallest KL) to fake-quantised weights.
@@ -12,13 +13,13 @@ rollout's precision, from bf16 (the default, the smallest KL) to fake-quantised 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import random
 from pathlib import Path
 
 from verl_stable.lab import task
+from verl_stable.tasks import tiny_moe
+from verl_stable.tasks.tiny_moe import STOP_WINDOW, recipe_hash, smoothed_answer_loss  # noqa: F401  (the lab's names)
 
 #: Model size: 2 layers, hidden 128, 8 experts, top-2 (every layer sparse).
 MODEL_CONFIG = {"num_layers": 2, "hidden": 128, "num_experts": 8, "top_k": 2}
@@ -33,7 +34,6 @@ MODEL_CONFIG = {"num_layers": 2, "hidden": 128, "num_experts": 8, "top_k": 2}
 #: model learns to carry, after a number of steps that depends on the data order alone (README, "The CPU lab";
 #: no test measures it), hence the stopping rule. ``short`` stops at a fixed 700 steps, on the
 #: plateau for the default data order; ``ci`` is ``verl-stable lab --quick``'s (a pipeline check, not a learner).
-STOP_WINDOW = 25
 _BASE = {
     "seed": 0,
     "sft_steps": 3000,
@@ -57,7 +57,7 @@ GRID_COLD_STARTS = tuple(c for c in COLD_STARTS if c != CI_COLD_START)
 _RECIPE_KEYS = set(_BASE)
 #: Bumped whenever the build code changes what a recipe produces (part of the cache key).
 BUILD_VERSION = 4
-MARKER = "verl_stable_lab_model.json"
+MARKER = tiny_moe.MARKER
 
 #: Training–inference mismatch dial: Hydra overrides of the hf_cpu rollout per setting, weakest first (the
 #: measured KL rises along this order; tests/lab/test_mismatch_dial_on_cpu.py). ``int8`` per-channel is also
@@ -116,10 +116,6 @@ def recipe(
     }
 
 
-def recipe_hash(spec: dict) -> str:
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
-
-
 def build_lab_model(
     out_dir: str | os.PathLike,
     *,
@@ -134,42 +130,25 @@ def build_lab_model(
     marker matches is reused as is, so every variant of a grid starts from the same bytes.
     """
     spec = recipe(cold_start, difficulty=difficulty, data_seed=data_seed)
-    model_dir = Path(out_dir) / f"{cold_start}-{recipe_hash(spec)}"
-    marker = model_dir / MARKER
-    if marker.exists() and json.loads(marker.read_text()).get("recipe") == spec:
-        return str(model_dir)
-    model, tokenizer, losses = build_model(spec, log=log)
-    if log is not None:
-        log(f"{len(losses)} SFT steps, final loss {_recent_loss(losses):.3f}")
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(model_dir)
-    tokenizer.save_pretrained(model_dir)
-    marker.write_text(
-        json.dumps(
-            {"recipe": spec, "sft_steps_run": len(losses), "sft_loss_first": losses[0], "sft_loss_last": losses[-1]}
-        )
-    )
-    return str(model_dir)
+
+    def build(model_dir: Path) -> dict:
+        model, tokenizer, losses = build_model(spec, log=log)
+        if log is not None:
+            log(f"{len(losses)} SFT steps, final loss {tiny_moe.recent_loss(losses):.3f}")
+        tiny_moe.save(model, tokenizer, model_dir)
+        return {"sft_steps_run": len(losses), "sft_loss_first": losses[0], "sft_loss_last": losses[-1]}
+
+    return tiny_moe.build_cached(Path(out_dir) / f"{cold_start}-{recipe_hash(spec)}", spec, build)
 
 
 def build_model(spec: dict, log=None):
     """The model of a recipe in memory: ``(model, tokenizer, sft_losses)`` (one loss per SFT step)."""
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from verl_stable.tasks.addition import build_model_config, build_tokenizer
-
-    tokenizer = build_tokenizer()
-    config = build_model_config(len(tokenizer), **spec["model"])
-    torch.manual_seed(spec["seed"])
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tokenizer = tiny_moe.build_tokenizer()
+    model = tiny_moe.init_model(tokenizer, seed=spec["seed"], **spec["model"])
     losses = (
         cold_start_sft(model, tokenizer, spec, log=log)
         if spec["sft_steps"] > 0
         else [float("nan")]
-    )
-    model.generation_config = GenerationConfig(
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id
     )
     return model, tokenizer, losses
 
@@ -228,30 +207,9 @@ class _FreshProblems:
                 return a, b
 
 
-def _recent_loss(losses: list[float]) -> float:
-    """Mean of the last :data:`STOP_WINDOW` SFT losses: what the stopping rule and the progress lines read."""
-    window = losses[-STOP_WINDOW:]
-    return sum(window) / len(window)
-
-
-def smoothed_answer_loss(logits, labels, alphabet, smoothing: float):
-    """Next-token cross-entropy on the answer positions, against a target that keeps ``1 - smoothing`` on the
-    right token and spreads ``smoothing`` over the answer alphabet (digits and the end token) only: an
-    under-confident teacher whose mistakes are still answers, never chat-template or padding tokens (those
-    vanish when verl decodes a response, so sampling them would go unnoticed by the reward)."""
-    target = labels[:, 1:]
-    keep = target != -100
-    logp = logits[:, :-1][keep].float().log_softmax(-1)
-    nll = -logp.gather(-1, target[keep][:, None])[:, 0]
-    spread = -logp[:, alphabet].mean(-1)
-    return ((1 - smoothing) * nll + smoothing * spread).mean()
-
-
 def cold_start_sft(model, tokenizer, spec: dict, log=None) -> list[float]:
     """Supervised steps on problems outside the eval split (fresh ones each batch, so the model learns the
     rule rather than memorising a list); returns the loss per step. ``log(line)`` gets progress every 250 steps."""
-    import torch
-
     difficulty = spec["difficulty"]
     _, held_out = task.split_problems(
         seed=spec["data_seed"],
@@ -261,16 +219,10 @@ def cold_start_sft(model, tokenizer, spec: dict, log=None) -> list[float]:
     )
     pool = _FreshProblems(difficulty, held_out)
     rng = random.Random(f"lab_sft/{spec['seed']}")
-    optim = torch.optim.AdamW(model.parameters(), lr=spec["lr"])
-    answer_alphabet = torch.tensor(
-        tokenizer.convert_tokens_to_ids(list("0123456789")) + [tokenizer.eos_token_id]
-    )
-    model.train()
-    losses = []
-    stop_at = spec["stop_at_loss"]
-    for step in range(1, spec["sft_steps"] + 1):
+
+    def next_batch():
         problems = [pool.draw(rng) for _ in range(spec["batch"])]
-        ids, labels = sft_batch(
+        return sft_batch(
             tokenizer,
             problems,
             difficulty=difficulty,
@@ -278,18 +230,17 @@ def cold_start_sft(model, tokenizer, spec: dict, log=None) -> list[float]:
             batch=spec["batch"],
             label_noise=spec["label_noise"],
         )
-        loss = smoothed_answer_loss(model(input_ids=ids).logits, labels, answer_alphabet, spec["label_smoothing"])
-        optim.zero_grad()
-        loss.backward()
-        optim.step()
-        losses.append(loss.item())
-        recent = _recent_loss(losses)
-        if log is not None and step % 250 == 0:
-            log(f"step {step}/{spec['sft_steps']}  loss {recent:.3f}" + (f" (stops at {stop_at})" if stop_at else ""))
-        if stop_at is not None and len(losses) >= STOP_WINDOW and recent <= stop_at:
-            break
-    model.eval()
-    return losses
+
+    return tiny_moe.sft(
+        model,
+        next_batch,
+        steps=spec["sft_steps"],
+        lr=spec["lr"],
+        answer_alphabet=tokenizer.convert_tokens_to_ids(list("0123456789")) + [tokenizer.eos_token_id],
+        label_smoothing=spec["label_smoothing"],
+        stop_at_loss=spec["stop_at_loss"],
+        log=log,
+    )
 
 
 def describe(cold_start: str = "default") -> str:

@@ -26,7 +26,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from verl_stable.apps import console
-from verl_stable.cpu import CPU_RAY_ENV
 from verl_stable.apps.cpu_overrides import cpu_overrides
 from verl_stable.lab import variants as vt
 from verl_stable.lab.setup import LabSetup, default_setup
@@ -140,13 +139,6 @@ def variant_overrides(variant: vt.Variant, args: Args, base: list[str]) -> list[
     ]
 
 
-def _env(metrics: Path) -> dict:
-    env = {**os.environ, **CPU_RAY_ENV, "VERL_FILE_LOGGER_PATH": str(metrics), "TOKENIZERS_PARALLELISM": "false"}
-    env.setdefault("TQ_NUM_THREADS", str(min(8, os.cpu_count() or 1)))
-    env.setdefault("RAY_DEDUP_LOGS", "1")
-    return env
-
-
 def validate_all(named: dict[str, list[str]]) -> list[str]:
     """Every variant's composed config checked before any starts: one line per problem, variant named."""
     from verl_stable import validation
@@ -176,7 +168,6 @@ def run_variant(
     # verl's file logger truncates its file: an earlier run's metrics and log move to metrics.1.jsonl, train.1.log
     console.rotate(metrics)
     console.rotate(log)
-    cmd = [sys.executable, "-m", "verl_stable.main", *overrides]
     (run_dir / "command.txt").write_text("python -m verl_stable.main \\\n    " + " \\\n    ".join(overrides) + "\n")
     start = time.monotonic()
     first: list[float] = []
@@ -190,14 +181,13 @@ def run_variant(
         print(f"{tag} {console.step_line(row, size.steps)}", flush=True)
 
     print(f"{tag} start: {variant.label}  ({' '.join(variant.overrides(size.prompts_per_step))})", flush=True)
-    rc = console.run_logged(
-        cmd, log_path=log, metrics_path=metrics, on_row=on_row, env=_env(metrics), cwd=run_dir, verbose=verbose
+    rc = console.run_trainer(
+        overrides, cwd=run_dir, log_path=log, metrics_path=metrics, on_row=on_row, verbose=verbose
     )
     wall = time.monotonic() - start
     if rc != 0:
         print(f"{tag} FAILED (exit {rc}) after {wall:.0f} s; log: {log}", file=sys.stderr)
-        for line in console.last_error(log):
-            print(f"    {line}", file=sys.stderr)
+        console.print_failure(log, indent="    ")
     else:
         print(
             f"{tag} done: {len(rows)} rows in {wall:.0f} s (first step after {first[0] if first else float('nan'):.0f} s)"

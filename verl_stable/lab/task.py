@@ -1,9 +1,10 @@
 """The lab's task: multi-digit addition with the full sum as the answer, exactly verifiable.
 
-Prompt ``"37+45="``, answer ``"82"``. ``difficulty`` is the number of digits per operand (1–3): the answer
-is up to ``difficulty + 1`` characters, so a response needs ``difficulty + 2`` tokens with the end token.
-The tokenizer and chat template are :mod:`verl_stable.tasks.addition`'s (one token per character), so
-every prompt of one difficulty has the same token length (operands are zero-padded: ``"07+45="``).
+Prompt ``"37+45="``, answer ``"82"``: :data:`verl_stable.tasks.addition.SUM`, the addition family's full-sum
+member. ``difficulty`` is the number of digits per operand (1–3): the answer is up to ``difficulty + 1``
+characters, so a response needs ``difficulty + 2`` tokens with the end token. The tokenizer and chat template
+are :mod:`verl_stable.tasks.tiny_moe`'s (one token per character), so every prompt of one difficulty has the
+same token length (operands are zero-padded: ``"07+45="``).
 
 Splits: the held-out eval set is drawn first, the train set only from the remaining problems, so no eval
 prompt is ever trained on (with commuted operands counted as the same problem). Rows are in verl's RL
@@ -15,10 +16,12 @@ the number of samples per eval prompt (verl's ``val_kwargs.n``; the metric is ve
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 
-DATA_SOURCE = "verl_stable/lab_addition"
+from verl_stable.tasks import addition
+
+TASK = addition.SUM
+DATA_SOURCE = TASK.data_source
 #: What compute_score scores: the pre-launch check refuses data whose data_source is not here.
 SUPPORTED_DATA_SOURCES = (DATA_SOURCE,)
 DIFFICULTIES = (1, 2, 3)
@@ -26,7 +29,9 @@ DEFAULT_DIFFICULTY = 2
 EVAL_K = 8
 N_TRAIN = 1024
 N_EVAL = 64
-REWARD_FN = (str(Path(__file__).resolve()), "compute_score")
+#: The addition family's reward file: it scores this task's rows by their data_source.
+REWARD_FN = (str(Path(addition.__file__).resolve()), "compute_score")
+compute_score = addition.compute_score
 
 
 def check_difficulty(difficulty: int) -> int:
@@ -46,12 +51,12 @@ def operand_digits(difficulty: int) -> int:
 
 
 def prompt_text(a: int, b: int, difficulty: int) -> str:
-    return f"{a:0{difficulty}d}+{b:0{difficulty}d}="
+    return TASK.prompt_text(a, b, difficulty)
 
 
 def answer_text(a: int, b: int, difficulty: int | None = None) -> str:
     """The full sum (its length does not depend on ``difficulty``)."""
-    return str(a + b)
+    return TASK.answer_text(a, b)
 
 
 def response_length(difficulty: int) -> int:
@@ -74,60 +79,15 @@ def split_problems(
     *, seed: int, difficulty: int, n_train: int, n_eval: int
 ) -> tuple[list, list]:
     """Disjoint ``(a, b)`` lists: eval first, train from the rest (``{a, b}`` unordered counts as one problem)."""
-    check_difficulty(difficulty)
-    space = 10**difficulty
-    n_problems = space * (space + 1) // 2  # unordered pairs
-    if n_eval < 1 or n_train < 1:
-        raise ValueError(
-            f"lab task: n_train={n_train} and n_eval={n_eval} must be >= 1"
-        )
-    if n_eval >= n_problems:
-        raise ValueError(
-            f"lab task: n_eval={n_eval} leaves no training problem at difficulty={difficulty} "
-            f"({n_problems} distinct problems)"
-        )
-    rng = random.Random(f"lab_addition/{seed}/{difficulty}")
-    seen: set[tuple[int, int]] = set()
-
-    def draw(n: int, *, unique: bool) -> list[tuple[int, int]]:
-        out = []
-        while len(out) < n:
-            a, b = rng.randrange(space), rng.randrange(space)
-            key = (min(a, b), max(a, b))
-            if key in seen and (unique or key in eval_keys):
-                continue
-            seen.add(key)
-            out.append((a, b))
-        return out
-
-    eval_keys: set[tuple[int, int]] = set()
-    eval_problems = draw(n_eval, unique=True)
-    eval_keys = set(seen)
-    # Train repeats problems only when the space is smaller than n_train (difficulty 1: 55 problems).
-    unique_train = n_train <= n_problems - len(eval_keys)
-    train_problems = draw(n_train, unique=unique_train)
-    return train_problems, eval_problems
+    return TASK.split_problems(
+        seed=seed, digits=check_difficulty(difficulty), n_train=n_train, n_eval=n_eval
+    )
 
 
 def make_rows(
     problems: list[tuple[int, int]], *, difficulty: int, split: str
 ) -> list[dict]:
-    return [
-        {
-            "data_source": DATA_SOURCE,
-            "prompt": [{"role": "user", "content": prompt_text(a, b, difficulty)}],
-            "ability": "arithmetic",
-            "reward_model": {"ground_truth": answer_text(a, b), "style": "rule"},
-            "extra_info": {
-                "index": i,
-                "split": split,
-                "a": a,
-                "b": b,
-                "difficulty": difficulty,
-            },
-        }
-        for i, (a, b) in enumerate(problems)
-    ]
+    return TASK.rows(problems, digits=difficulty, split=split)
 
 
 def build_datasets(
@@ -160,17 +120,6 @@ def build_datasets(
         ).to_parquet(path)
         paths.append(str(path))
     return paths[0], paths[1]
-
-
-def compute_score(
-    data_source, solution_str, ground_truth, extra_info=None, **kwargs
-) -> float:
-    """verl custom reward: 1.0 if the response (blanks stripped) is exactly the sum, else 0.0."""
-    if data_source != DATA_SOURCE:
-        raise ValueError(
-            f"compute_score got data_source={data_source!r}; it only scores {DATA_SOURCE!r}"
-        )
-    return 1.0 if solution_str.strip() == str(ground_truth) else 0.0
 
 
 def describe(difficulty: int = DEFAULT_DIFFICULTY) -> str:

@@ -93,24 +93,13 @@ def tiny_batch():
 
 
 def save_tiny_moe(path: str) -> str:
-    """A 2-layer Qwen3-MoE (hidden 64, 8 experts, top-2) saved from its config, random weights."""
-    from transformers import Qwen3MoeConfig
+    """The product's tiny Qwen3-MoE (:func:`verl_stable.tasks.tiny_moe.build_model_config`) at 2 layers, hidden 64,
+    8 experts, top-2, narrower experts and no special token ids, saved from its config, random weights."""
+    from verl_stable.tasks.tiny_moe import build_model_config
 
-    config = Qwen3MoeConfig(
-        vocab_size=SAVED_VOCAB,
-        hidden_size=64,
-        intermediate_size=64,
-        moe_intermediate_size=32,
-        num_hidden_layers=SAVED_LAYERS,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=16,
-        num_experts=SAVED_EXPERTS,
-        num_experts_per_tok=SAVED_TOP_K,
-        norm_topk_prob=True,
-        decoder_sparse_step=1,
-        max_position_embeddings=256,
-        tie_word_embeddings=False,
+    config = build_model_config(
+        SAVED_VOCAB, num_layers=SAVED_LAYERS, hidden=64, num_experts=SAVED_EXPERTS, top_k=SAVED_TOP_K,
+        intermediate_size=64, moe_intermediate_size=32, pad_token_id=None, eos_token_id=None,
         attn_implementation="sdpa",
     )
     return _save_sharpened(config, path)
@@ -145,6 +134,9 @@ def _save_sharpened(config, path: str) -> str:
 
 
 def addition_prompt(tokenizer, a: int, b: int) -> list[int]:
-    """The chat-templated prompt ``"{a}+{b}="`` of the CPU lab's addition task, as token ids."""
-    out = tokenizer.apply_chat_template([{"role": "user", "content": f"{a}+{b}="}], add_generation_prompt=True)
+    """The chat-templated prompt ``"{a}+{b}="`` of the demo's addition task, as token ids."""
+    from verl_stable.tasks.addition import MOD10
+
+    content = MOD10.prompt_text(a, b, digits=1)
+    out = tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
     return list(out["input_ids"] if isinstance(out, dict) or hasattr(out, "keys") else out)
