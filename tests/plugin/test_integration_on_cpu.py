@@ -21,7 +21,7 @@ import pytest
 from verl_stable import integration
 from verl_stable.integration import SHIMS, OnMismatch, UnsupportedVersion, VersionGate
 
-from tests.helpers.processes import run_python
+from tests.plugin.processes import run_python
 
 #: the packages whose absence makes a row not applicable on this machine (the CPU rows apply: VERL_PLATFORM=cpu)
 _ABSENT = {name for name in ("vllm", "sglang") if importlib.util.find_spec(name) is None}
