@@ -179,6 +179,9 @@ TEXT_RULES: list[tuple[str, str]] = [
     (r" \(docs/method\.md §[\d.\-–]+\)", ""),  # the project's method notes, not verl's
     (r" \(\[docs/method\.md §[\d.\-–]+\]\(docs/method\.md#s\d+\)\)", ""),  # the same, as a Markdown link
     (r"verl_stable/addition_mod10", "addition_mod10"),
+    (r'f"verl_stable/\{self\.name\}"', "self.name"),  # the addition task's data sources: addition_mod10, addition_sum
+    (r" \(:mod:`verl_stable\.lab\.task`\)", ""),  # the CPU lab is not copied
+    (r'"verl_stable_build\.json"', '"tiny_moe_build.json"'),  # the tiny model build cache's marker
     (r"verl_stable_cpu_device", "verl_cpu_device"),
     # the plugin's subclass adds max_unrouted_fraction; the series adds it to verl's class itself
     (r"verl_stable\.integration\.fsdp_engine\.RouterReplayConfig", "verl.workers.config.EngineRouterReplayConfig"),

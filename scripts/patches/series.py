@@ -183,6 +183,10 @@ PATCHES: list[Patch] = [
             ),
             # the shared test helpers (tiny models, random routes, log-probs, expert taps, SGLang payloads)
             CopyTree("tests/utils/routing_replay/helpers", "tests/utils/routing_replay/helpers"),
+            # the tiny task and model the helpers build on (verl_stable/tasks: the demo's, the lab's and the tests' one
+            # stack); the hf_cpu engine tests of the CPU patch use them from here too
+            Copy("verl_stable/tasks/tiny_moe.py", "tests/utils/routing_replay/helpers/tiny_moe.py"),
+            Copy("verl_stable/tasks/addition.py", "tests/utils/routing_replay/helpers/addition_task.py"),
             NewFile("tests/utils/__init__.py", LICENSE_HEADER),
             NewFile("tests/utils/routing_replay/__init__.py", LICENSE_HEADER),
             NewFile(
@@ -277,7 +281,6 @@ PATCHES: list[Patch] = [
             NewFile("tests/plugin/test_platform_cpu_on_cpu.py", template("test_platform_cpu_on_cpu.py")),
             NewFile("tests/workers/__init__.py", LICENSE_HEADER),
             NewFile("tests/workers/rollout/__init__.py", LICENSE_HEADER),
-            Copy("verl_stable/tasks/addition.py", "tests/workers/rollout/hf_cpu_addition_task.py"),
             # file by file, not the directories: the hf_cpu server test and the engine's R3-coverage and Ulysses
             # tests that sit beside these are not part of this patch
             Copy("tests/workers/rollout/conftest.py", "tests/workers/rollout/conftest.py"),

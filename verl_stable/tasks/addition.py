@@ -207,8 +207,13 @@ def build_model_dir(out_dir: str | os.PathLike, *, seed: int = 0, format_sft_ste
 
 
 def cached_model_dir(out_dir: str | os.PathLike, *, seed: int = 0, format_sft_steps: int = 40) -> str:
-    """:func:`build_model_dir`, built once per recipe (:func:`verl_stable.tasks.tiny_moe.build_cached`)."""
-    recipe = {"builder": "verl_stable.tasks.addition.build_model_dir", "seed": seed, "format_sft_steps": format_sft_steps}
+    """:func:`build_model_dir`, built once per recipe
+    (:func:`verl_stable.tasks.tiny_moe.build_cached`)."""
+    recipe = {
+        "builder": "verl_stable.tasks.addition.build_model_dir",
+        "seed": seed,
+        "format_sft_steps": format_sft_steps,
+    }
 
     def build(path: Path) -> None:
         build_model_dir(path, seed=seed, format_sft_steps=format_sft_steps)

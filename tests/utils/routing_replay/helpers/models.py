@@ -93,8 +93,9 @@ def tiny_batch():
 
 
 def save_tiny_moe(path: str) -> str:
-    """The product's tiny Qwen3-MoE (:func:`verl_stable.tasks.tiny_moe.build_model_config`) at 2 layers, hidden 64,
-    8 experts, top-2, narrower experts and no special token ids, saved from its config, random weights."""
+    """The product's tiny Qwen3-MoE (:func:`verl_stable.tasks.tiny_moe.build_model_config`) at
+    2 layers, hidden 64, 8 experts, top-2, narrower experts and no special token ids, saved from its config,
+    random weights."""
     from verl_stable.tasks.tiny_moe import build_model_config
 
     config = build_model_config(
