@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from verl_stable.apps.console import last_error, read_metrics, run_logged, step_line
+from verl_stable.routing.agreement import METRICS
 
 ROOT = Path(__file__).resolve().parents[2]
 #: (variant, its overrides). The smoke recipe defaults to R3, so no-replay deletes the group; the CPU recipe has none.
@@ -49,9 +50,9 @@ VARIANTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("minirl_r2", ("algorithm=minirl", "routing_replay=R2")),
     ("minirl_r3", ("algorithm=minirl", "routing_replay=R3")),
 )
-OLD_PASS_MISMATCH = "actor/routing/old_pass/tokens_mismatch_any_layer"
-OLD_PASS_UNROUTED = "actor/routing/old_pass/tokens_without_route"
-UPDATE_AGREEMENT = "actor/routing/agreement_mean"
+OLD_PASS_MISMATCH = METRICS.logged(METRICS.TOKENS_MISMATCH_ANY_LAYER, METRICS.OLD_PASS)
+OLD_PASS_UNROUTED = METRICS.logged(METRICS.TOKENS_WITHOUT_ROUTE, METRICS.OLD_PASS)
+UPDATE_AGREEMENT = METRICS.logged(METRICS.AGREEMENT_MEAN)
 PEAK_MEMORY = "actor/perf/max_memory_allocated_gb"
 PLAN_FIELD = "per_gpu_peak_gb"
 

@@ -59,7 +59,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from verl_stable.routing.agreement import AgreementCounts
+from verl_stable.routing.agreement import METRICS, AgreementCounts
 from verl_stable.routing.codecs import from_nested, to_nested
 from verl_stable.routing.config import MODE_KEY, REPLAY_MODES, ROUTE_RETURN_KEY
 from verl_stable.routing.coverage import RouteCoverage, route_coverage
@@ -442,7 +442,7 @@ class RoutingReplayEngineMixin:
         the rollout server to here, 2 for uint16 or a path that widened them to int16)."""
         metrics = output.setdefault("metrics", {})
         if counts is not None:
-            prefix = "routing/old_pass/" if forward_only else "routing/"
+            prefix = METRICS.OLD_PASS if forward_only else METRICS.UPDATE
             own = counts.to_metrics(prefix=prefix)
             if id_bytes:
                 own[f"{prefix}route_id_bytes"] = float(id_bytes)
