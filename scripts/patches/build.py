@@ -55,6 +55,12 @@ OUT_DIR = ROOT / "patches" / f"verl-{VERL_VERSION}"
 README_OUT = ROOT / "patches" / "README.md"
 RUFF_VERSION = "0.12.2"
 
+#: files verl's git repository has and its sdist lacks, which the series edits: copies of verl's (main branch,
+#: the branch PRs target) placed in the pristine tree before the series is applied. ``tests/patches`` checks
+#: they still equal the reference copies of verl's checks in ``../shared/verl-upstream/``.
+BASE_DIR = ROOT / "patches" / "base"
+BASE_FILES = ("docs/index.rst", "tests/special_sanity/check_license.py")
+
 GIT_AUTHOR = ("verl-stable", "verl-stable@users.noreply.github.com")
 GIT_DATE = "2026-01-01T00:00:00+00:00"
 
@@ -462,6 +468,17 @@ def extract_sdist(dest: Path) -> None:
         tar.extractall(dest, members=members, filter="data")
 
 
+def pristine_tree(dest: Path) -> None:
+    """The verl sdist unpacked into ``dest``, plus the :data:`BASE_FILES` from ``patches/base/``."""
+    extract_sdist(dest)
+    for rel in BASE_FILES:
+        target = dest / rel
+        if target.exists():
+            raise GenerationError(f"{rel} is in the verl {VERL_VERSION} sdist now: drop it from BASE_FILES")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(BASE_DIR / rel, target)
+
+
 def git_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GIT_")}
     env.update(
@@ -495,22 +512,32 @@ def find_ruff() -> list[str]:
         raise GenerationError(f"ruff not found: pip install ruff=={RUFF_VERSION} (or set RUFF=/path/to/ruff)") from exc
 
 
-def ruff(tree: Path, files: list[str]) -> None:
-    if not files:
+def ruff(tree: Path, new_files: list[str], touched: list[str]) -> None:
+    """Format the new Python files with verl's ruff config, then check every Python file the patch touches.
+
+    New files are generated, so ruff may fix and format them; files verl already has are only checked
+    (``ruff check`` and ``ruff format --check``, as verl's pre-commit runs them): a problem there comes from an
+    :class:`Edit` of the series, which is where it has to be fixed.
+    """
+    if not touched:
         return
     exe = find_ruff()
     version = subprocess.run([*exe, "--version"], capture_output=True, text=True).stdout.split()[-1]
     if version != RUFF_VERSION:
         raise GenerationError(f"ruff {version} found, the series is formatted with ruff {RUFF_VERSION} (verl's pin)")
     env = {**os.environ, "RUFF_NO_CACHE": "true"}
-    subprocess.run([*exe, "check", "--fix", "--quiet", *files], cwd=tree, env=env, capture_output=True)
-    res = subprocess.run([*exe, "format", "--quiet", *files], cwd=tree, env=env, capture_output=True, text=True)
-    if res.returncode != 0:
-        raise GenerationError(f"ruff format failed on the generated files:\n{res.stdout}{res.stderr}")
-    res = subprocess.run([*exe, "check", "--output-format=concise", *files], cwd=tree, env=env,
-                         capture_output=True, text=True)  # fmt: skip
-    if res.returncode != 0:
-        raise GenerationError(f"ruff (verl's config) reports problems in the generated files:\n{res.stdout}")
+    if new_files:
+        subprocess.run([*exe, "check", "--fix", "--quiet", *new_files], cwd=tree, env=env, capture_output=True)
+        res = subprocess.run([*exe, "format", "--quiet", *new_files], cwd=tree, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise GenerationError(f"ruff format failed on the generated files:\n{res.stdout}{res.stderr}")
+    for args in (["check", "--output-format=concise"], ["format", "--check"]):
+        res = subprocess.run([*exe, *args, *touched], cwd=tree, env=env, capture_output=True, text=True)
+        if res.returncode != 0:
+            raise GenerationError(
+                f"`ruff {' '.join(args)}` (verl's config) reports problems in the files the series touches:\n"
+                f"{res.stdout}{res.stderr}"
+            )
 
 
 _GENERATED_HEADER = re.compile(
@@ -620,7 +647,7 @@ def apply_patch_ops(tree: Path, patch: Patch, mapping: dict[str, str]) -> list[s
 def build(work: Path, out_dir: Path, patches: list[Patch]) -> list[tuple[Patch, list[str]]]:
     """Build the series into ``out_dir``; the scratch repo (the patched tree) is ``work``."""
     mapping = build_module_map(patches)
-    extract_sdist(work)
+    pristine_tree(work)
     git(work, "init", "-q", "-b", "main")
     git(work, "add", "-A")
     git(work, "commit", "-q", "-m", f"verl {VERL_VERSION} (PyPI sdist)")
@@ -629,7 +656,8 @@ def build(work: Path, out_dir: Path, patches: list[Patch]) -> list[tuple[Patch, 
     result = []
     for patch in patches:
         touched = apply_patch_ops(work, patch, mapping)
-        ruff(work, [t for t in touched if t.endswith(".py") and _is_new(work, t)])
+        touched_py = [t for t in touched if t.endswith(".py") and (work / t).exists()]
+        ruff(work, [t for t in touched_py if _is_new(work, t)], touched_py)
         if any(t.startswith("verl/trainer/config/") and t.endswith(".yaml") for t in touched):
             regenerate_trainer_configs(work)
         git(work, "add", "-A")
@@ -674,9 +702,31 @@ def readme(result: list[tuple[Patch, list[str]]], out_dir: Path) -> str:
         "the files the series modifies that ship in the sdist (`tests/trainer/ppo/test_core_algos_on_cpu.py`,",
         "`test_dynamic_policy_losses_on_cpu.py`, `test_loss_aggregation_on_cpu.py`,",
         "`tests/checkpoint_engine/test_global_steps_on_cpu.py`, `tests/plugin/test_platform_abstraction.py`).",
-        "The sdist ships no `docs/`, `.github/` or `tests/special_sanity/`; verl's `check_license.py` accepts a",
-        "fixed list of copyright lines, so the new files' `Copyright 2026 verl-stable contributors` line has to",
-        "be added to it (its \"Add custom license headers below\" list) when the PRs are opened.\n",
+        "The sdist ships no `docs/`, `.github/` or `tests/special_sanity/`. The series edits two files it lacks,",
+        "so `patches/base/` holds verl's copies (main branch, the branch PRs target) and the generator and the",
+        "tests put them into the pristine tree before applying: `docs/index.rst` (patch 0001 lists",
+        "`docs/algo/minirl.md` in the Algorithms toctree, after `algo/rollout_corr_math.md`) and",
+        "`tests/special_sanity/check_license.py` (patch 0001 adds the new files' copyright line,",
+        "`Copyright 2026 verl-stable contributors`, to its list of accepted lines, as each contributing",
+        "organisation has done). On a checkout whose copies of these two files differ around those lines, `git am`",
+        "stops at patch 0001: add the two lines by hand and `git am --continue`.\n",
+        "## verl's PR checks\n",
+        "`tests/patches/test_verl_pr_checks_on_cpu.py` runs verl's own contribution checks on the patched tree,",
+        "each as verl's pre-commit hooks and workflows call it, from the root of a git repository laid out like",
+        "verl's: `check_license.py --directories .`, `check_device_api_usage.py --directory ./verl` (on the",
+        "`verl/` files the series adds or modifies, at their paths: verl 0.9.1's own",
+        "`verl/utils/profiler/torch_memory_profile.py` fails the main-branch version of this check),",
+        "`ruff check` and `ruff format --check` (verl's pyproject config, ruff 0.12.2 as verl's pre-commit pins),",
+        "`check_pr_title.py` on each patch's subject line, `check_pr_description.py` on each commit message (the",
+        "PR description), every new docs page in a toctree (what verl's doc job fails on),",
+        "`check_docs_time_info.py`, `check_docstrings.py`, `validate_structure.py` and",
+        "`check_dataproto_usage.py -d ./verl/workers/engine`, and the naming-conventions and compileall hooks",
+        "(their entries read from verl's pre-commit config). License, device-API, ruff, title, description,",
+        "toctree and naming checks are each also run on a deliberately bad input and must fail. mypy and the",
+        "config regeneration hook are not run (the generator regenerates `_generated_*.yaml` itself). The checks",
+        "come from `../shared/verl-upstream/` beside the repository (CI) or the folder `VERL_UPSTREAM_CHECKS`",
+        "names, and the tests skip without it. All pass: `pytest tests/patches -q`. The generator itself fails when",
+        "`ruff check` or `ruff format --check` reports a problem in any Python file the series touches.\n",
     ]
     for i, (patch, touched) in enumerate(result, 1):
         parts.append(f"## {i:04d} `{patch.title}`\n")

@@ -104,3 +104,20 @@ def test_every_declared_copy_source_exists():
         for op in mp.expand(patch.ops):
             if isinstance(op, mp.Copy):
                 assert (mp.ROOT / op.src).is_file(), op.src
+
+
+def test_ruff_formats_new_files_and_fails_on_problems_in_touched_ones(tmp_path):
+    """New files are fixed and formatted; a file verl already has (changed by an Edit) is only checked, with
+    ``ruff check`` and ``ruff format --check``, and any problem fails generation."""
+    (tmp_path / "pyproject.toml").write_text('[tool.ruff.lint]\nselect = ["I"]\n')
+    unsorted = "import sys\nimport os\n\nprint(os, sys)\n"
+    (tmp_path / "new.py").write_text(unsorted)
+    mp.ruff(tmp_path, ["new.py"], ["new.py"])
+    assert (tmp_path / "new.py").read_text().startswith("import os\nimport sys\n")
+    (tmp_path / "edited.py").write_text(unsorted)
+    with pytest.raises(mp.GenerationError, match="I001"):
+        mp.ruff(tmp_path, [], ["edited.py"])
+    assert (tmp_path / "edited.py").read_text() == unsorted  # not fixed behind the series' back
+    (tmp_path / "edited.py").write_text("x = {  'a':1 }\n")
+    with pytest.raises(mp.GenerationError, match="format --check"):
+        mp.ruff(tmp_path, [], ["edited.py"])

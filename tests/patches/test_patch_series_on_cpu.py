@@ -4,6 +4,8 @@ project's tests pass against the patched verl with verl-stable's plugin switched
 The series is regenerated from this repository's code (``scripts/make_patches.py --check``); it needs the
 verl sdist (downloaded once into ``.cache/``, sha256-checked), git and ruff 0.12.2 (the ``test`` extra). None
 of them missing is a reason to skip: CI installs them, and a check that silently skips proves nothing.
+The patched tree is the session fixture ``patched_tree`` (``conftest.py``), which verl's PR checks
+(``test_verl_pr_checks_on_cpu.py``) share.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "make_patches.py"
-SERIES = ROOT / "patches" / "verl-0.9.1"
 
 #: run pytest with the plugin unimportable: what passes is verl's tree as the patches leave it
 BLOCK_PLUGIN = "import sys; sys.modules['verl_stable'] = None; import pytest; sys.exit(pytest.main(sys.argv[1:]))"
@@ -36,26 +37,6 @@ def regenerated(tmp_path_factory):
     res = subprocess.run([sys.executable, str(SCRIPT), "--check", "--tree", str(generated_tree)],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     return res, generated_tree
-
-
-@pytest.fixture(scope="module")
-def patched_tree(tmp_path_factory):
-    """Pristine verl 0.9.1 from the sdist with the COMMITTED series applied by ``git apply``."""
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from patches import build
-    finally:
-        sys.path.pop(0)
-    tree = tmp_path_factory.mktemp("patched") / "verl"
-    tree.mkdir()
-    build.extract_sdist(tree)
-    patches = sorted(str(p) for p in SERIES.glob("*.patch"))
-    assert patches, f"no patches in {SERIES}"
-    for patch in patches:  # in order, each on top of the previous ones
-        check = subprocess.run(["git", "apply", "--check", patch], cwd=tree, capture_output=True, text=True)
-        assert check.returncode == 0, f"{Path(patch).name} does not apply to verl 0.9.1 + its predecessors:\n{check.stderr}"
-        subprocess.run(["git", "apply", patch], cwd=tree, check=True)
-    return tree
 
 
 def test_series_is_generated_from_the_current_code(regenerated):

@@ -1,7 +1,7 @@
 """A CPU platform for verl's platform registry (``verl.plugin.platform``).
 
 verl talks to its accelerator through ``get_platform()`` and the ``device_module`` it returns
-(``torch.cuda``-shaped). On CPU there is nothing to synchronise, cache or seed beyond torch's own RNG, so
+(shaped like torch's CUDA module). On CPU there is nothing to synchronise, cache or seed beyond torch's own RNG, so
 the stand-in module below answers those calls with no-ops or CPU equivalents.
 
 Ray scheduling: verl asks Ray for the platform's resource (``GPU`` for CUDA) for every worker. We keep
@@ -20,7 +20,7 @@ from verl.plugin.platform import PlatformBase
 
 
 class _NoOpStream:
-    """``torch.cuda.Stream`` stand-in: CPU work is synchronous, so every stream is the same one."""
+    """Stand-in for torch's CUDA ``Stream``: CPU work is synchronous, so every stream is the same one."""
 
     def __init__(self, *args, **kwargs):
         pass
@@ -59,7 +59,7 @@ class _NoOpEvent:
 
 
 def _make_device_module() -> types.ModuleType:
-    """A ``torch.cuda``-shaped module for CPU. Memory figures are 0: there is no device pool to report."""
+    """A module shaped like torch's CUDA module, for CPU. Memory figures are 0: there is no device pool to report."""
     mod = types.ModuleType("verl_stable_cpu_device")
     stream = _NoOpStream()
 
