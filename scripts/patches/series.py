@@ -1,6 +1,6 @@
 """The upstream patch series against verl: what each patch copies, edits and adds (declaration only).
 
-Each :class:`~patches.build.Patch` names its operations (see ``build.py`` for what each does) and the tests
+Each :class:`~patches.ops.Patch` names its operations (see ``build.py`` for what each does) and the tests
 ``tests/patches`` runs against the patched tree; its PR description (the commit message) is
 ``patches/templates/<slug>.md``, where ``{files}`` becomes the list of files the patch touches. Project
 directories are copied whole: a new module in ``verl_stable/routing/`` or ``verl_stable/cpu/``, or a new test
@@ -10,7 +10,16 @@ between ``plugin-only: begin`` / ``plugin-only: end`` marker lines, which the co
 
 from __future__ import annotations
 
-from .build import LICENSE_HEADER, Copy, CopyTree, Edit, NewFile, Patch, readme_sections, template
+from .ops import (
+    LICENSE_HEADER,
+    Copy,
+    CopyTree,
+    Edit,
+    NewFile,
+    Patch,
+    readme_sections,
+    template,
+)
 
 
 def _minirl_docs() -> str:
