@@ -45,6 +45,8 @@ import tempfile
 from pathlib import Path
 from typing import Optional
 
+from verl_stable import VERL_VERSION  # the one pin: the release every adapter is written against
+
 from .ops import (  # noqa: F401  (re-exported: the engine's callers and tests name them through build)
     LICENSE_HEADER,
     ROOT,
@@ -61,7 +63,6 @@ from .ops import (  # noqa: F401  (re-exported: the engine's callers and tests n
     template,
 )
 
-VERL_VERSION = "0.9.1"
 SDIST_NAME = f"verl-{VERL_VERSION}.tar.gz"
 SDIST_SHA256 = "3e03d8816b2546b2c5580705671b8d0bb3f79b8364e7b5c56dbfc1245536ba22"
 CACHE_DIR = ROOT / ".cache" / "verl-sdist"
