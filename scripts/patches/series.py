@@ -391,4 +391,44 @@ PATCHES: list[Patch] = [
         ],
         tests=("tests/utils/routing_replay/test_engine_routes_on_cpu.py",),
     ),
+    Patch(
+        slug="rollout-compact-routed-experts-dtype",
+        title="[rollout, perf] fix: keep uint8 routed experts uint8 through the agent loop",
+        ops=[
+            # one storage rule for both places the agent loop builds the routes tensor
+            Edit(
+                "verl/experimental/agent_loop/agent_loop.py",
+                "DEFAULT_ROUTING_CACHE_SIZE = 10000\n",
+                "DEFAULT_ROUTING_CACHE_SIZE = 10000\n\n\n"
+                "def _routed_experts_storage(routed_experts: torch.Tensor) -> torch.Tensor:\n"
+                '    """Routed expert ids in the dtype the agent loop stores them in.\n\n'
+                "    uint8 (what a rollout server sends for models with at most 256 experts) is kept: half of int16's\n"
+                "    bytes through Ray, TransferQueue and DataProto. Any other dtype is stored as int16, as before.\n"
+                '    """\n'
+                "    if routed_experts.dtype == torch.uint8:\n"
+                "        return routed_experts\n"
+                "    return routed_experts.to(torch.int16)\n",
+            ),
+            # AgentLoopOutput.as_dict: the v1 trainer's path (TransferQueue)
+            Edit(
+                "verl/experimental/agent_loop/agent_loop.py",
+                "            routed_experts = torch.tensor(routed_experts, dtype=torch.int16)\n",
+                "            if not isinstance(routed_experts, torch.Tensor):\n"
+                "                routed_experts = torch.tensor(routed_experts)  # a numpy array keeps its dtype\n"
+                "            routed_experts = _routed_experts_storage(routed_experts)\n",
+            ),
+            # AgentLoopWorker._agent_loop_postprocess: the legacy trainer's path (DataProto)
+            Edit(
+                "verl/experimental/agent_loop/agent_loop.py",
+                "            experts_tensor = experts_tensor.to(torch.int16)\n",
+                "            experts_tensor = _routed_experts_storage(experts_tensor)\n",
+            ),
+            NewFile(
+                "tests/experimental/agent_loop/test_routed_experts_dtype_on_cpu.py",
+                template("test_routed_experts_dtype_on_cpu.py"),
+            ),
+        ],
+        # (verl's own tests of agent_loop.py beside it are async tests that need pytest-asyncio)
+        tests=("tests/experimental/agent_loop/test_routed_experts_dtype_on_cpu.py",),
+    ),
 ]

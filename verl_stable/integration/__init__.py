@@ -232,8 +232,8 @@ SHIMS: tuple[Shim, ...] = (
         feature="compact routed experts on the wire",
         install=_call("verl_stable.integration.agent_loop", "install"),
         is_installed=_call("verl_stable.integration.agent_loop", "is_installed"),
-        upstream="keep the received integer dtype in AgentLoopOutput.as_dict and "
-        "AgentLoopWorker._agent_loop_postprocess (two lines; not in the series yet)",
+        upstream="patch [rollout, perf] (0005-rollout-compact-routed-experts-dtype): uint8 kept in "
+        "AgentLoopOutput.as_dict and AgentLoopWorker._agent_loop_postprocess (uint16 stored as int16)",
         gate=_VERL, on_mismatch=OnMismatch.WARN,
         skipped="not installed, routes travel as that verl's agent loop casts them",
         after_import="verl.experimental.agent_loop.agent_loop",
