@@ -1,12 +1,11 @@
 """The lab's model: a small Qwen3-MoE built from a config, with a short supervised cold start.
 
-The cold start teaches the task with an under-confident teacher (label-smoothed supervised steps on correct
-— or, for the ``noisy`` mix, partly wrong — answers to *training* problems only): the model's greedy answer
-is mostly right, its samples are right only part of the time, and RL has room to improve. :data:`COLD_STARTS` are the recipes the paper's cold-start
-comparison varies (initialisation seed, SFT data mix, length); :func:`build_lab_model` saves one as a
-Hugging Face model directory with the tokenizer, cached under a hash of its recipe. The model, the SFT loop and
-the cache are :mod:`verl_stable.tasks.tiny_moe`'s; what is the lab's own is the recipes and the SFT targets.
-
+The cold start teaches the task with an under-confident teacher (label-smoothed supervised steps on correct — or,
+for the ``noisy`` mix, partly wrong — answers to *training* problems only): the model's greedy answer is mostly
+right, its samples are right only part of the time, and RL has room to improve. :data:`COLD_STARTS` are the recipes
+the paper's cold-start comparison varies (initialisation seed, SFT data mix, length); :func:`build_lab_model` saves
+one as a Hugging Face model directory with the tokenizer, cached under a hash of its recipe. The model, the SFT loop
+and the cache are :mod:`verl_stable.tasks.tiny_moe`'s; what is the lab's own is the recipes and the SFT targets.
 :data:`MISMATCH_SETTINGS` is the training–inference mismatch dial: Hydra overrides of the ``hf_cpu``
 rollout's precision, from bf16 (the default, the smallest KL) to fake-quantised weights.
 """

@@ -21,15 +21,15 @@ with none, a training loop ``push``-es each micro-batch's Routes before its forw
             state.push(routes_of(mb)); loss = f(model(**mb)); loss.backward()
     state.agreement()                         # counts over the whole batch
 
-A clean exit checks that every forward had its Routes and every Routes its forward. Every Routes is checked
-when given or pushed: layer count, top-k and ``num_experts`` against the model, and ids in range and distinct
-within a row (``Routes.check_ids``) unless they were checked when the Routes were built (``ids_checked``:
-``Routes.from_indices`` and the codecs, e.g. ``codecs.from_nested`` at the FSDP engine's boundary). A forward never reuses another forward's routes: a model call beyond
-the Routes given raises, and so does a router that fires again outside backward within one forward (a
-submodule called instead of the bound model). Only gradient-checkpoint recompute, which re-fires the
-routers inside backward without a model call, reuses routes: those of the forward whose output the
-backward is running through (the latest forward when that output cannot be seen); inside ``record`` a
-recompute replays what that forward recorded.
+A clean exit checks that every forward had its Routes and every Routes its forward. Every Routes is checked when
+given or pushed: layer count, top-k and ``num_experts`` against the model, and ids in range and distinct within a
+row (``Routes.check_ids``) unless they were checked when the Routes were built (``ids_checked``:
+``Routes.from_indices`` and the codecs, e.g. ``codecs.from_nested`` at the FSDP engine's boundary). A forward never
+reuses another forward's routes: a model call beyond the Routes given raises, and so does a router that fires again
+outside backward within one forward (a submodule called instead of the bound model). Only gradient-checkpoint
+recompute, which re-fires the routers inside backward without a model call, reuses routes: those of the forward
+whose output the backward is running through (the latest forward when that output cannot be seen); inside
+``record`` a recompute replays what that forward recorded.
 
 One context per model at a time: a second ``record``/``replay`` binding routers that another open context
 (of this or another ``RoutingReplay``) has hooked is refused with a RuntimeError; the one exception is

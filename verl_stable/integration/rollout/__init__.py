@@ -15,12 +15,12 @@ Both hand the agent loop numpy ``[n, num_hidden_layers, top_k]`` in ``compact_dt
 
 Registration (:func:`register_route_returning_replicas`): verl's ``RolloutReplicaRegistry`` maps a rollout name
 to a *loader*; for ``sglang`` and ``vllm`` the loader is wrapped -- it runs verl's own loader first (its
-environment setup and imports), then returns a replica subclass whose ``server_class`` is
-``ray.remote(<server subclass>)``. Nothing imports sglang or vllm until verl asks for the replica class, and a
-name is wrapped only where the engine package is installed. Version gate: verl == 0.9.1, else nothing is
-registered (a warning; row ``rollout-route-decoding`` of :data:`verl_stable.integration.SHIMS`). Not covered:
-PD-disaggregated replicas (``rollout.disaggregation.enabled``), which verl builds outside the registry. Upstream: the fix in verl's servers (``patches/``: "SGLang fix") and this package
-disappears.
+environment setup and imports), then returns a replica subclass whose ``server_class`` is ``ray.remote(<server
+subclass>)``. Nothing imports sglang or vllm until verl asks for the replica class, and a name is wrapped only where
+the engine package is installed. Version gate: verl == 0.9.1, else nothing is registered (a warning; row
+``rollout-route-decoding`` of :data:`verl_stable.integration.SHIMS`). Not covered: PD-disaggregated replicas
+(``rollout.disaggregation.enabled``), which verl builds outside the registry. Upstream: the fix in verl's servers
+(``patches/``: "SGLang fix") and this package disappears.
 """
 
 from __future__ import annotations
