@@ -475,7 +475,7 @@ def trainer_env(metrics_path: str | Path) -> dict:
         "VERL_FILE_LOGGER_PATH": str(metrics_path),
         "TOKENIZERS_PARALLELISM": "false",
     }
-    # TransferQueue asks torch for 8 threads and warns ~120 times a step when the machine has fewer physical
+    # TransferQueue asks torch for 8 threads and warns many times a step when the machine has fewer physical
     # cores; asking for what exists silences it at the source.
     env.setdefault("TQ_NUM_THREADS", str(min(8, cores)))
     env.setdefault("RAY_DEDUP_LOGS", "1")

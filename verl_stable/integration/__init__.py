@@ -254,6 +254,8 @@ SHIMS: tuple[Shim, ...] = (
 )
 
 SHIMS_BY_NAME: dict[str, Shim] = {shim.name: shim for shim in SHIMS}
+#: the CPU backend's rows (those that apply only under VERL_PLATFORM=cpu), in install order
+CPU_SHIMS: tuple[Shim, ...] = tuple(shim for shim in SHIMS if shim.not_applicable is _cpu_not_requested)
 
 
 def mismatch_message(shim: Shim, installed: Optional[str]) -> str:

@@ -31,8 +31,6 @@ from __future__ import annotations
 
 from verl_stable.cpu import PLATFORM_NAME, ROLLOUT_NAME, requested
 
-#: the rows of :data:`verl_stable.integration.SHIMS` this module installs, in their order
-ROWS = ("cpu-platform", "cpu-gloo-backend", "cpu-engine", "cpu-rollout-replica", "cpu-rollout-adapter")
 _ADAPTER = "verl_stable.cpu.rollout.HFCPUServerAdapter"
 _GLOO_DEFAULTS = (None, "gloo")
 
@@ -43,10 +41,10 @@ def activate_if_requested() -> bool:
     Idempotent. A verl version mismatch raises (and is printed: see the module docstring)."""
     if not requested():
         return False
-    from verl_stable.integration import install
+    from verl_stable.integration import CPU_SHIMS, install
 
-    for name in ROWS:
-        install(name)
+    for shim in CPU_SHIMS:  # the rows of verl_stable.integration.SHIMS this module installs
+        install(shim)
     return True
 
 
