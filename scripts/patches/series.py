@@ -54,6 +54,13 @@ PATCHES: list[Patch] = [
     Patch(
         slug="algo-minirl-policy-losses",
         title="[algo] feat: MiniRL policy losses",
+        review=(
+            "The objective is pure torch in `minirl_objectives.py`; `minirl_losses.py` declares the variants as data "
+            "and adapts them to verl's policy-loss signature (`agg_loss`, `rollout_is_weights` from "
+            "`rollout_correction`). The decision to weigh: a loss versus a preset over `vanilla` + token TIS "
+            "(C = 5) + no dual clip, which the gradient-identity test proves equal in update; the description "
+            "gives what the loss adds (checks, metrics, J_seq) and how to fold it into `vanilla` instead."
+        ),
         ops=[
             Copy("verl_stable/objectives.py", "verl/trainer/ppo/minirl_objectives.py"),
             Copy("verl_stable/losses.py", "verl/trainer/ppo/minirl_losses.py"),
@@ -99,6 +106,13 @@ PATCHES: list[Patch] = [
     Patch(
         slug="fsdp-moe-router-replay",
         title="[fsdp] feat: MoE router replay (R2/R3) for the FSDP engine",
+        review=(
+            "Start at `verl/workers/engine/fsdp/router_replay.py` (the mixin: how a micro-batch's routes are laid "
+            "out like its model input, and the replay context held from forward through backward) and the two "
+            "edits to `transformer_impl.py` / `engine_workers.py`. `verl/utils/routing_replay/` is engine-"
+            "independent (routes container, layouts, router adapters, coverage guard). About 56% of the added lines "
+            "are tests; the engine tests need a device (a CPU platform plugin here)."
+        ),
         ops=[
             # routing/ is upstreamable as a whole; the engine mixin joins verl's FSDP engine package
             CopyTree(
@@ -207,7 +221,7 @@ PATCHES: list[Patch] = [
             # the shared test helpers (tiny models, random routes, log-probs, expert taps, SGLang payloads)
             CopyTree("tests/utils/routing_replay/helpers", "tests/utils/routing_replay/helpers"),
             # the tiny task and model the helpers build on (verl_stable/tasks: the demo's, the lab's and the tests' one
-            # stack); the hf_cpu engine tests of the CPU patch use them from here too
+            # stack)
             Copy("verl_stable/tasks/tiny_moe.py", "tests/utils/routing_replay/helpers/tiny_moe.py"),
             Copy("verl_stable/tasks/addition.py", "tests/utils/routing_replay/helpers/addition_task.py"),
             NewFile("tests/utils/__init__.py", LICENSE_HEADER),
@@ -217,41 +231,36 @@ PATCHES: list[Patch] = [
                 template("test_router_replay_presets_on_cpu.py"),
             ),
             CopyTree("tests/utils/routing_replay", "tests/utils/routing_replay", pattern="test_*_on_cpu.py"),
+            # verl's FSDP2 engine with the replay mixin, end to end. They need a device: on CPU that is a CPU platform
+            # plugin (verl-stable's), without which they skip; file by file, as the coverage and Ulysses tests beside
+            # them use plugin code
+            NewFile("tests/workers/__init__.py", LICENSE_HEADER),
+            NewFile("tests/workers/engine/__init__.py", LICENSE_HEADER),
+            NewFile("tests/workers/engine/fsdp/__init__.py", LICENSE_HEADER),
+            Copy("tests/workers/engine/fsdp/harness.py", "tests/workers/engine/fsdp/harness.py"),
+            Copy("tests/workers/engine/fsdp/conftest.py", "tests/workers/engine/fsdp/conftest.py"),
+            Copy(
+                "tests/workers/engine/fsdp/test_router_replay_engine_on_cpu.py",
+                "tests/workers/engine/fsdp/test_router_replay_engine_on_cpu.py",
+            ),
+            Copy(
+                "tests/workers/engine/fsdp/test_router_replay_layout_on_cpu.py",
+                "tests/workers/engine/fsdp/test_router_replay_layout_on_cpu.py",
+            ),
         ],
         tests=("tests/utils/routing_replay", "tests/checkpoint_engine/test_global_steps_on_cpu.py"),
+        cpu_platform_tests=("tests/workers/engine/fsdp",),
     ),
     Patch(
-        slug="hardware-cpu-platform",
-        title="[hardware, rollout] feat: CPU platform, FSDP2 engine on gloo and an hf_cpu rollout",
+        slug="misc-cpu-process-group-and-rollout-registration",
+        title="[misc] fix: gloo-only process group on a cpu device; register_rollout_class for rollout plugins",
+        # What a CPU platform plugin (verl's external-plugin route for new hardware) cannot do without patching
+        # verl. The CPU platform, its engine registration and the hf_cpu rollout stay in verl-stable's plugin.
+        review=(
+            "Two small, independent changes; each is what a hardware plugin would otherwise patch at run time. "
+            "Behaviour on cuda/npu is unchanged (the backend string is the same)."
+        ),
         ops=[
-            # the CPU backend's modules: the platform joins verl's platform package, the rest the hf_cpu rollout.
-            # The package's __init__ (the plugin's activation) is not copied ("[!_]*"): this patch registers the
-            # platform, engine and rollout in verl's own registries instead.
-            CopyTree(
-                "verl_stable/cpu",
-                "verl/workers/rollout/hf_cpu_rollout",
-                pattern="[!_]*.py",
-                rename=(
-                    ("platform.py", "../../../plugin/platform/platform_cpu.py"),
-                    ("rollout.py", "hf_cpu_rollout.py"),
-                ),
-            ),
-            Edit(
-                "verl/plugin/platform/platform_cpu.py",
-                "from verl.plugin.platform import PlatformBase\n",
-                "from .platform_base import PlatformBase\nfrom .platform_manager import PlatformRegistry\n",
-            ),
-            Edit(
-                "verl/plugin/platform/platform_cpu.py",
-                "\nclass PlatformCPU(PlatformBase):\n",
-                '\n@PlatformRegistry.register(platform="cpu")\nclass PlatformCPU(PlatformBase):\n',
-            ),
-            Edit(
-                "verl/plugin/platform/platform_manager.py",
-                "from .platform_cuda import PlatformCUDA  # noqa: E402, F401\n",
-                "from .platform_cpu import PlatformCPU  # noqa: E402, F401\n"
-                "from .platform_cuda import PlatformCUDA  # noqa: E402, F401\n",
-            ),
             Edit(
                 "verl/utils/distributed.py",
                 '    backend = backend or f"cpu:gloo,{get_device_name()}:{get_nccl_backend()}"\n',
@@ -261,16 +270,9 @@ PATCHES: list[Patch] = [
                 '        backend = "cpu:gloo" if device == "cpu" else f"cpu:gloo,{device}:{get_nccl_backend()}"\n',
             ),
             Edit(
-                "verl/workers/engine/fsdp/transformer_impl.py",
-                'backend=["fsdp", "fsdp2"], device=["cuda", "npu"])\n',
-                'backend=["fsdp", "fsdp2"], device=["cuda", "npu", "cpu"])\n',
-                count=2,
-            ),
-            Edit(
                 "verl/workers/rollout/base.py",
                 '    ("trtllm", "async"): "verl.workers.rollout.trtllm_rollout.trtllm_rollout.ServerAdapter",\n}\n',
                 '    ("trtllm", "async"): "verl.workers.rollout.trtllm_rollout.trtllm_rollout.ServerAdapter",\n'
-                '    ("hf_cpu", "async"): "verl.workers.rollout.hf_cpu_rollout.hf_cpu_rollout.HFCPUServerAdapter",\n'
                 "}\n\n\n"
                 'def register_rollout_class(rollout_name: str, fqdn: str, mode: str = "async") -> None:\n'
                 '    """Register a rollout (server adapter) class by its fully qualified name, e.g. from a plugin.\n\n'
@@ -286,54 +288,27 @@ PATCHES: list[Patch] = [
                 '        raise ValueError(f"Rollout {rollout_name} with mode {mode} is already registered as {existing}")\n'
                 "    _ROLLOUT_REGISTRY[(rollout_name, mode)] = fqdn\n",
             ),
-            Edit(
-                "verl/workers/rollout/replica.py",
-                "# Register built-in types\n",
-                "def _load_hf_cpu():\n"
-                "    from verl.workers.rollout.hf_cpu_rollout.hf_cpu_rollout import HFCPUReplica\n\n"
-                "    return HFCPUReplica\n\n\n"
-                "# Register built-in types\n",
-            ),
-            Edit(
-                "verl/workers/rollout/replica.py",
-                'RolloutReplicaRegistry.register("trtllm", _load_trtllm)\n',
-                'RolloutReplicaRegistry.register("trtllm", _load_trtllm)\n'
-                'RolloutReplicaRegistry.register("hf_cpu", _load_hf_cpu)\n',
-            ),
-            NewFile("verl/workers/rollout/hf_cpu_rollout/__init__.py", LICENSE_HEADER),
-            NewFile("tests/plugin/test_platform_cpu_on_cpu.py", template("test_platform_cpu_on_cpu.py")),
-            NewFile("tests/workers/__init__.py", LICENSE_HEADER),
+            NewFile("tests/utils/test_process_group_backend_on_cpu.py", template("test_process_group_backend_on_cpu.py")),
             NewFile("tests/workers/rollout/__init__.py", LICENSE_HEADER),
-            # file by file, not the directories: the hf_cpu server test and the engine's R3-coverage and Ulysses
-            # tests that sit beside these are not part of this patch
-            Copy("tests/workers/rollout/conftest.py", "tests/workers/rollout/conftest.py"),
-            Copy(
-                "tests/workers/rollout/test_hf_cpu_engine_on_cpu.py",
-                "tests/workers/rollout/test_hf_cpu_engine_on_cpu.py",
-            ),
-            NewFile("tests/workers/engine/__init__.py", LICENSE_HEADER),
-            NewFile("tests/workers/engine/fsdp/__init__.py", LICENSE_HEADER),
-            Copy("tests/workers/engine/fsdp/harness.py", "tests/workers/engine/fsdp/harness.py"),
-            Copy("tests/workers/engine/fsdp/conftest.py", "tests/workers/engine/fsdp/conftest.py"),
-            Copy(
-                "tests/workers/engine/fsdp/test_router_replay_engine_on_cpu.py",
-                "tests/workers/engine/fsdp/test_router_replay_engine_on_cpu.py",
-            ),
-            Copy(
-                "tests/workers/engine/fsdp/test_router_replay_layout_on_cpu.py",
-                "tests/workers/engine/fsdp/test_router_replay_layout_on_cpu.py",
+            NewFile(
+                "tests/workers/rollout/test_register_rollout_class_on_cpu.py",
+                template("test_register_rollout_class_on_cpu.py"),
             ),
         ],
         tests=(
-            "tests/plugin/test_platform_cpu_on_cpu.py",
-            "tests/plugin/test_platform_abstraction.py",
-            "tests/workers/rollout/test_hf_cpu_engine_on_cpu.py",
-            "tests/workers/engine/fsdp",
+            "tests/utils/test_process_group_backend_on_cpu.py",
+            "tests/workers/rollout/test_register_rollout_class_on_cpu.py",
         ),
     ),
     Patch(
         slug="rollout-sglang-routed-experts",
         title="[rollout, sglang] fix: decode SGLang >= 0.5.11 routed experts; compact R3 routes",
+        review=(
+            "The SGLang server's route handling becomes one call to `decode_sglang_routed_experts` (in the "
+            "`codecs.py` of the [fsdp] PR, which this one needs); both servers hand the agent loop compact routes. "
+            "The tests replay SGLang's payload formats for both `skip_tokenizer_init` settings."
+        ),
+        needs=("fsdp-moe-router-replay",),
         ops=[
             Edit(
                 "verl/workers/rollout/sglang_rollout/async_sglang_server.py",
@@ -394,6 +369,10 @@ PATCHES: list[Patch] = [
     Patch(
         slug="rollout-compact-routed-experts-dtype",
         title="[rollout, perf] fix: keep uint8 routed experts uint8 through the agent loop",
+        review=(
+            "One storage rule (`_routed_experts_storage`) used at both places the agent loop builds the routes "
+            "tensor; int16 stays the storage for every other dtype."
+        ),
         ops=[
             # one storage rule for both places the agent loop builds the routes tensor
             Edit(

@@ -62,7 +62,6 @@ import sys
 sys.modules["verl_stable"] = None
 import verl
 from verl.trainer.ppo.core_algos import get_policy_loss_fn
-from verl.plugin.platform import PlatformRegistry
 from verl.workers.engine.fsdp.transformer_impl import FSDPEngineWithLMHead
 from verl.workers.engine.fsdp.router_replay import RoutingReplayEngineMixin
 from verl.workers.rollout.base import get_rollout_class, register_rollout_class
@@ -70,7 +69,9 @@ import verl.workers.engine_workers
 for name in ("minirl", "minirl_no_is", "minirl_length_norm", "minirl_no_clip", "seq_is"):
     assert get_policy_loss_fn(name).__module__ == "verl.trainer.ppo.minirl_losses", name
 assert issubclass(FSDPEngineWithLMHead, RoutingReplayEngineMixin)
-assert PlatformRegistry.get("cpu").__module__ == "verl.plugin.platform.platform_cpu"
+assert callable(register_rollout_class)
+from verl.plugin.platform import PlatformRegistry
+assert PlatformRegistry.get("cpu") is None  # the CPU platform stays an external plugin, not part of the series
 assert verl.__file__.startswith(sys.argv[1]), verl.__file__
 print("ok")
 """
@@ -90,3 +91,36 @@ def test_project_tests_pass_against_the_patched_verl(patched_tree):
         env=_patched_env(patched_tree), cwd=patched_tree, capture_output=True, text=True,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout[-8000:] + res.stderr[-2000:]
+
+
+def test_engine_tests_pass_on_the_patched_verl_with_the_plugin_as_cpu_platform(patched_tree):
+    """The FSDP engine tests of the series need a device. The series adds no CPU platform (verl's route for new
+    hardware is an external platform plugin): verl-stable supplies it here, as it would to a verl with the series
+    merged, and the engine under test must be the patched tree's, not the plugin's."""
+    listed = subprocess.run([sys.executable, str(SCRIPT), "--list-cpu-platform-tests"], capture_output=True,
+                            text=True, check=True)  # fmt: skip
+    tests = listed.stdout.split()
+    assert tests, "no test in PATCHES needs the CPU platform; the FSDP engine tests should"
+    env = {**_patched_env(patched_tree), "VERL_PLATFORM": "cpu"}
+    del env["VERL_USE_EXTERNAL_PLUGINS"]  # verl loads verl-stable through its entry point
+    probe = """
+import verl
+from verl.utils.device import get_device_name
+from verl.workers.engine.base import EngineRegistry
+cls = EngineRegistry.get_engine_cls("language_model", "fsdp2")
+modules = [c.__module__ for c in cls.__mro__]
+assert get_device_name() == "cpu", get_device_name()
+assert "verl.workers.engine.fsdp.router_replay" in modules, modules
+assert not any(m.startswith("verl_stable") for m in modules), modules
+assert verl.__file__.startswith(sys.argv[1]), verl.__file__
+print("ok")
+"""
+    res = subprocess.run([sys.executable, "-c", "import sys\n" + probe, str(patched_tree)], env=env, cwd=patched_tree,
+                         capture_output=True, text=True)  # fmt: skip
+    assert res.returncode == 0 and res.stdout.strip().endswith("ok"), res.stderr[-4000:]
+    res = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "ignore::UserWarning", "-rs", *tests],
+        env=env, cwd=patched_tree, capture_output=True, text=True,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout[-8000:] + res.stderr[-2000:]
+    assert " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-4000:]

@@ -123,7 +123,9 @@ _VLLM_MONOLITHIC = VersionGate("vllm", ("0.24.",))
 _CPU = "verl_stable.integration.cpu"
 _CPU_FEATURE = "CPU backend (VERL_PLATFORM=cpu)"
 _CPU_REMEDY = "unset VERL_PLATFORM"
-_CPU_UPSTREAM = "patch [hardware] (0003-hardware-cpu-platform)"
+_CPU_MISC = "patch [misc] (0003-misc-cpu-process-group-and-rollout-registration)"
+#: rows no upstream change removes: verl asks new hardware to come as an external platform plugin (verl PR #6086)
+_CPU_STAYS = "none: the CPU platform stays an external plugin (verl's route for new hardware, PR #6086)"
 
 
 def _cpu_not_requested() -> Optional[str]:
@@ -179,25 +181,25 @@ SHIMS: tuple[Shim, ...] = (
     ),
     _cpu_row(
         "cpu-platform", "verl.plugin.platform.PlatformRegistry.register('cpu')", "registry", "platform",
-        _CPU_UPSTREAM + ": PlatformCPU built into verl's platform registry",
+        _CPU_STAYS,
     ),
     _cpu_row(
         "cpu-gloo-backend", "verl.utils.distributed.initialize_global_process_group_ray.__defaults__", "patch",
         "gloo_backend",
-        _CPU_UPSTREAM + ": cpu:gloo alone when the device is cpu (verl builds cpu:gloo,cpu:gloo, which torch rejects)",
+        _CPU_MISC + ": cpu:gloo alone when the device is cpu (verl builds cpu:gloo,cpu:gloo, which torch rejects)",
     ),
     _cpu_row(
         "cpu-engine", "verl.workers.engine.base.EngineRegistry.register (fsdp/fsdp2, device cpu)", "registry",
-        "engine", _CPU_UPSTREAM + ": device 'cpu' in FSDPEngineWithLMHead / FSDPEngineWithValueHead's registration",
+        "engine", _CPU_STAYS + "; verl's public EngineRegistry.register, nothing replaced",
     ),
     _cpu_row(
         "cpu-rollout-replica", "verl.workers.rollout.replica.RolloutReplicaRegistry.register('hf_cpu')", "registry",
-        "rollout_replica", _CPU_UPSTREAM + ": hf_cpu registered with verl's built-in replicas",
+        "rollout_replica", _CPU_STAYS + "; verl's public RolloutReplicaRegistry.register, nothing replaced",
     ),
     _cpu_row(
         "cpu-rollout-adapter", "verl.workers.rollout.base._ROLLOUT_REGISTRY[('hf_cpu', 'async')]", "patch",
         "rollout_adapter",
-        _CPU_UPSTREAM + ": register_rollout_class(), which this row calls instead wherever verl has it",
+        _CPU_MISC + ": register_rollout_class(), which this row calls instead wherever verl has it",
     ),
     Shim(
         name="fsdp-routing-replay",

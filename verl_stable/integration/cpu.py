@@ -7,8 +7,10 @@ inherit the variable from the driver's environment; :data:`verl_stable.cpu.CPU_R
 ``ray_kwargs.ray_init.runtime_env.env_vars`` for clusters started elsewhere.
 
 What activation does. Everything goes through verl's public registration API, except two gaps verl 0.9.1
-has no hook for; each is one small shim, applied only after the verl version check, and removed by a change in
-the upstream patch series (``patches/verl-0.9.1/0003-hardware-cpu-platform.patch``):
+has no hook for; each is one small shim, applied only after the verl version check, and removed by the upstream
+patch series' ``[misc] fix`` (``patches/verl-0.9.1/0003-misc-cpu-process-group-and-rollout-registration.patch``).
+The platform itself, the engine registration for ``cpu`` and the ``hf_cpu`` rollout stay here: verl points new
+hardware to external platform plugins, so the series carries no CPU platform.
 
 * ``PlatformRegistry.register``: ``cpu`` -> :class:`verl_stable.cpu.platform.PlatformCPU`;
 * SHIM 2, ``verl.utils.distributed.initialize_global_process_group_ray``: its unused ``backend`` default
@@ -88,7 +90,7 @@ def register_gloo_backend() -> None:
     ``verl.utils.distributed.initialize_global_process_group_ray`` builds ``f"cpu:gloo,{device}:{backend}"``,
     which is ``cpu:gloo,cpu:gloo`` on CPU, and torch rejects the duplicate device. The function takes a
     ``backend`` argument that no caller passes, so defaulting it to ``gloo`` is the smallest change that
-    works. Upstream fix (patch 0003): use ``cpu:gloo`` alone when the device is ``cpu``.
+    works. Upstream fix (patch 0003, ``[misc]``): use ``cpu:gloo`` alone when the device is ``cpu``.
     """
     _gate("cpu-gloo-backend")
     from verl.utils import distributed
@@ -189,7 +191,7 @@ def rollout_replica_registered() -> bool:
 
 def register_rollout_adapter() -> None:
     """SHIM 1 where verl has no ``register_rollout_class`` (verl 0.9.1, version-gated): the module dict
-    ``_ROLLOUT_REGISTRY`` is the registry. Upstream fix (patch 0003): ``register_rollout_class()``."""
+    ``_ROLLOUT_REGISTRY`` is the registry. Upstream fix (patch 0003, ``[misc]``): ``register_rollout_class()``."""
     _gate("cpu-rollout-adapter")
     from verl.workers.rollout import base as rollout_base
 

@@ -214,9 +214,13 @@ _MODULE = {
 def test_adapter_classes_share_the_reference_arithmetic(adapter):
     """The adapter's weight formula is only valid where the stock code is the reference family's, token for
     token; a transformers upgrade that changes a router makes this fail instead of silently mis-weighting."""
+    import importlib.util
+
     ref_module, ref_class, method = _REFERENCE[adapter.family]
     reference = _normalised_source(ref_module, ref_class, method)
     for class_name in adapter.class_names:
+        if importlib.util.find_spec(f"transformers.models.{_MODULE[class_name]}") is None:
+            continue  # a model this transformers release does not have (e.g. mellum before 5.10): nothing to weight
         assert _normalised_source(_MODULE[class_name], class_name, method) == reference, class_name
 
 

@@ -9,13 +9,12 @@ transformed token identities, row for row.
 from __future__ import annotations
 
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from verl_stable.routing import Routes, RoutingReplay, codecs, concat, pack, select_sequences, unpack
 from verl_stable.routing.fsdp import ulysses_pad_and_slice
 
 from tests.utils.routing_replay.helpers import VOCAB, ExpertTap, tiny_model
+from tests.utils.routing_replay.helpers.cases import random_cases
 
 NUM_EXPERTS = 4096  # uint16 storage, room for 1,024 token identities
 LAYERS, TOP_K = 3, 2
@@ -35,15 +34,14 @@ def decode(routes: Routes) -> torch.Tensor:
     return torch.where(routes.valid_mask(), ids, torch.zeros_like(ids))
 
 
-@st.composite
-def padded_batches(draw, max_b=5, max_s=12):
+def padded_batch(rng, max_b=5, max_s=12):
     """input_ids [B, S] with unique token identities, left-padded prompts and right-padded responses."""
-    b = draw(st.integers(1, max_b))
-    s = draw(st.integers(1, max_s))
+    b = rng.randint(1, max_b)
+    s = rng.randint(1, max_s)
     mask = torch.zeros(b, s, dtype=torch.long)
     for i in range(b):
-        left = draw(st.integers(0, s - 1))
-        right = draw(st.integers(0, s - 1 - left))
+        left = rng.randint(0, s - 1)
+        right = rng.randint(0, s - 1 - left)
         mask[i, left : s - right] = 1
     ids = torch.arange(1, b * s + 1).view(b, s) * mask  # identities; 0 = padding
     return ids, mask
@@ -61,12 +59,9 @@ def verl_unpad(ids, mask):
     return ids_rmpad.squeeze(-1), cu_seqlens
 
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@FAST
-@given(padded_batches())
-def test_pack_follows_verl_unpad_and_unpack_inverts(batch):
+@random_cases(60)
+def test_pack_follows_verl_unpad_and_unpack_inverts(rng):
+    batch = padded_batch(rng)
     ids, mask = batch
     routes = padded_routes(ids, mask)
     assert torch.equal(decode(routes), ids.flatten())
@@ -85,9 +80,9 @@ def test_pack_follows_verl_unpad_and_unpack_inverts(batch):
     assert codecs.from_verl_batch(stored, mask, spec).equal(routes)
 
 
-@FAST
-@given(padded_batches(max_b=6), st.integers(12, 40), st.booleans())
-def test_micro_batches_and_dynamic_bsz_reordering(batch, max_token_len, balance):
+@random_cases(60)
+def test_micro_batches_and_dynamic_bsz_reordering(rng):
+    batch, max_token_len, balance = padded_batch(rng, max_b=6), rng.randint(12, 40), rng.random() < 0.5
     from tensordict import TensorDict
     from verl.utils.seqlen_balancing import rearrange_micro_batches
 
@@ -115,9 +110,9 @@ def test_micro_batches_and_dynamic_bsz_reordering(batch, max_token_len, balance)
     assert sorted(covered) == list(range(ids.shape[0]))
 
 
-@FAST
-@given(padded_batches(), st.integers(1, 8))
-def test_ulysses_pad_and_slice_matches_verl(batch, sp_size):
+@random_cases(60)
+def test_ulysses_pad_and_slice_matches_verl(rng):
+    batch, sp_size = padded_batch(rng), rng.randint(1, 8)
     from verl.utils.ulysses import ulysses_pad
 
     ids, mask = batch
@@ -138,9 +133,9 @@ def test_ulysses_pad_and_slice_matches_verl(batch, sp_size):
     assert torch.equal(decode(whole.narrow(0, packed.num_tokens)), ids_rmpad)
 
 
-@FAST
-@given(padded_batches(), st.permutations(list(range(5))))
-def test_split_and_permutation_keep_rows(batch, perm):
+@random_cases(60)
+def test_split_and_permutation_keep_rows(rng):
+    batch, perm = padded_batch(rng), rng.sample(range(5), 5)
     ids, mask = batch
     packed = pack(padded_routes(ids, mask), mask)
     seqlens = mask.sum(-1)
@@ -153,9 +148,9 @@ def test_split_and_permutation_keep_rows(batch, perm):
     assert concat(parts).equal(packed)
 
 
-@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(padded_batches(max_b=3, max_s=8))
-def test_checkpoint_recompute_on_packed_batch_keeps_routes(batch):
+@random_cases(6)
+def test_checkpoint_recompute_on_packed_batch_keeps_routes(rng):
+    batch = padded_batch(rng, max_b=3, max_s=8)
     """Record on the padded batch, pack, replay on the packed input with gradient checkpointing: forward and
     recompute both route every token to the experts recorded for that token."""
     _, mask = batch
@@ -176,9 +171,9 @@ def test_checkpoint_recompute_on_packed_batch_keeps_routes(batch):
         assert all(torch.equal(c, packed.layer(layer)) for c in calls)
 
 
-@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(padded_batches(max_b=4, max_s=10))
-def test_verl_no_padding_path_agrees_with_pack(batch):
+@random_cases(15)
+def test_verl_no_padding_path_agrees_with_pack(rng):
+    batch = padded_batch(rng, max_b=4, max_s=10)
     """verl's own engine input path (``left_right_2_no_padding``) turns batch['routed_experts'] into a nested
     tensor; its values are the packed routes, row for row the tokens of input_ids (values())."""
     from tensordict import TensorDict

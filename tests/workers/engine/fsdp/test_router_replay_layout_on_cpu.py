@@ -9,8 +9,8 @@ is detected wherever it ends up.
 from __future__ import annotations
 
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
+
+from tests.utils.routing_replay.helpers.cases import random_cases
 
 E, K, L = 64, 2, 2  # 64 experts: (id % 64, id // 64) identifies up to 4,096 tokens
 
@@ -45,16 +45,11 @@ class _Layout:
         return eng
 
 
-@settings(max_examples=40, deadline=None)
-@given(
-    lengths=st.lists(st.integers(1, 40), min_size=1, max_size=9),
-    use_remove_padding=st.booleans(),
-    use_dynamic_bsz=st.booleans(),
-    pad_to_length=st.booleans(),
-    max_token_len=st.integers(40, 120),
-)
-def test_routes_follow_tokens_through_micro_batching_and_back(lengths, use_remove_padding, use_dynamic_bsz,
-                                                               pad_to_length, max_token_len):
+@random_cases(40)
+def test_routes_follow_tokens_through_micro_batching_and_back(rng):
+    lengths = [rng.randint(1, 40) for _ in range(rng.randint(1, 9))]
+    use_remove_padding, use_dynamic_bsz, pad_to_length = (rng.random() < 0.5 for _ in range(3))
+    max_token_len = rng.randint(40, 120)
     from tensordict import TensorDict
     from verl.utils import tensordict_utils as tu
     from verl.workers.engine.utils import postprocess_batch_func, prepare_micro_batches
@@ -65,7 +60,8 @@ def test_routes_follow_tokens_through_micro_batching_and_back(lengths, use_remov
     spec = RouteSpec(num_experts=E, top_k=K, moe_layers=(0, 1), num_hidden_layers=L)
     nnz = sum(lengths)
     offsets = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()])
-    token_ids = torch.randperm(nnz) + 1  # token identities, in no particular order
+    generator = torch.Generator().manual_seed(rng.randrange(2**31))
+    token_ids = torch.randperm(nnz, generator=generator) + 1  # token identities, in no particular order
     td = TensorDict(
         {
             "input_ids": torch.nested.nested_tensor_from_jagged(token_ids, offsets=offsets),
