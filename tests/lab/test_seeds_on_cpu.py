@@ -193,7 +193,8 @@ def test_the_report_reads_every_seed_from_its_own_directory_and_is_rewritten_fro
     }
     meta = _write_runs(tmp_path, runs)
     text = report.write(tmp_path, [TABLE["minirl"], TABLE["minirl_no_is"]], runs, meta).read_text()
-    assert "seeds 0, 1, 2 (K = 3" in text and "Method: paired by seed" in text and "10,000 resamples" in text
+    assert "seeds 0, 1, 2 (K = 3; the same cold start for every seed)" in text
+    assert "Method: paired by seed" in text and "10,000 resamples" in text
     assert "runs/<variant>/seed<s>/metrics.jsonl" in text
     best = next(line for line in text.splitlines() if line.startswith(f"| {BEST}"))
     assert "**reproduced**" in best and "minirl − minirl_no_is: +0.350 [" in best and "K=3" in best
@@ -207,6 +208,9 @@ def test_the_report_reads_every_seed_from_its_own_directory_and_is_rewritten_fro
     (tmp_path / "report.md").unlink()
     assert report.main([str(tmp_path)]) == 0
     assert (tmp_path / "report.md").read_text() == text
+    meta["args"]["redraw_cold_start"] = True
+    redrawn = report.write(tmp_path / "redrawn", [TABLE["minirl"]], {"minirl": runs["minirl"]}, meta).read_text()
+    assert "(K = 3; each cold start re-drawn per seed)" in redrawn
 
 
 def test_a_failed_seed_is_tabled_but_dropped_from_the_pairs(tmp_path):
@@ -290,3 +294,20 @@ def test_a_redrawn_cold_start_is_its_own_model_and_offset_zero_is_the_declared_o
     assert redrawn != plain
     w0, w1 = (load_file(next(Path(d).glob("*.safetensors"))) for d in (plain, redrawn))
     assert w0.keys() == w1.keys() and any(not torch.equal(w0[k], w1[k]) for k in w0)
+
+
+def test_cold_starts_converge_when_every_seed_ends_within_the_margin():
+    table = variants.grid(("default", "seed1"))
+    claim = "Different cold starts with MiniRL + R2 converge to similar final scores"
+
+    def runs(ends: dict[str, list[float]]):
+        return {
+            name: {s: metrics.summarize(table[name], _rows([0.1, 0.1, 0.1, x, x, x])) for s, x in enumerate(xs)}
+            for name, xs in ends.items()
+        }
+
+    close = runs({"cold_default_r2": [0.5, 0.6, 0.55], "cold_seed1_r2": [0.51, 0.59, 0.56]})
+    f = {x.claim: x for x in findings.evaluate(close)}[claim]
+    assert f.status == "reproduced" and f.seeds == 3 and f.intervals[0]["hi"] < 0
+    apart = runs({"cold_default_r2": [0.5, 0.6, 0.55], "cold_seed1_r2": [0.2, 0.3, 0.25]})
+    assert {x.claim: x for x in findings.evaluate(apart)}[claim].status == "not reproduced"

@@ -61,8 +61,8 @@ def render(
     seeds = list(meta.get("seeds") or [args.get("seed", "?")])
     several = len(seeds) > 1
     seed_text = (
-        f"seeds {', '.join(map(str, seeds))} (K = {len(seeds)}; the same cold start for every seed"
-        + (", re-drawn per seed" if args.get("redraw_cold_start") else "")
+        f"seeds {', '.join(map(str, seeds))} (K = {len(seeds)}; "
+        + ("each cold start re-drawn per seed" if args.get("redraw_cold_start") else "the same cold start for every seed")
         + ")"
         if several
         else f"seed {seeds[0]}"
