@@ -4,9 +4,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Mapping, Sequence
 
 from verl_stable.apps.console import ENTROPY, HELD_OUT, REWARD, STEP_TIME, TRAIN_INFER_KL_K3
@@ -161,6 +163,34 @@ def summarize(variant: Variant, rows: Sequence[dict]) -> Summary:
         collapsed=collapsed(reward, entropy),
         overhead=step_overhead(rows),
     )
+
+
+def run_dir(out: str | Path, variant: str, seed: int, seeds: Sequence[int]) -> Path:
+    """Where one (variant, seed) run lives: ``runs/<variant>`` when the lab ran one seed (its layout since
+    the start), ``runs/<variant>/seed<seed>`` when it ran several."""
+    base = Path(out) / "runs" / variant
+    return base if len(seeds) <= 1 else base / f"seed{seed}"
+
+
+def mean_summary(summaries: Sequence[Summary]) -> Summary:
+    """One variant over its seeds: every number the mean of the seeds' finite values, ``steps`` the fewest any
+    seed ran, ``collapsed`` True / False when every seed agrees (else None); one seed: that seed's summary."""
+    if not summaries:
+        raise ValueError("mean_summary needs at least one seed's summary")
+    if len(summaries) == 1:
+        return summaries[0]
+    values = {}
+    for f in dataclasses.fields(Summary):
+        vals = [getattr(s, f.name) for s in summaries]
+        if f.name in ("name", "label", "regime"):
+            values[f.name] = vals[0]
+        elif f.name == "steps":
+            values[f.name] = min(vals)
+        elif f.name == "collapsed":
+            values[f.name] = True if all(v is True for v in vals) else False if all(v is False for v in vals) else None
+        else:
+            values[f.name] = mean(vals)
+    return Summary(**values)
 
 
 def finite_or_null(value):

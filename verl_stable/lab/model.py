@@ -121,14 +121,19 @@ def build_lab_model(
     cold_start: str = "default",
     difficulty: int = task.DEFAULT_DIFFICULTY,
     data_seed: int = 0,
+    seed_offset: int = 0,
     log=None,
 ) -> str:
     """Build (or reuse) the cold-started model; return its directory ``out_dir/<cold_start>-<hash>``.
 
     The directory holds the float32 checkpoint, the tokenizer and a marker with the recipe; a directory whose
-    marker matches is reused as is, so every variant of a grid starts from the same bytes.
+    marker matches is reused as is, so every variant of a grid starts from the same bytes. ``seed_offset``
+    re-draws the cold start (lab ``--redraw-cold-start``): the recipe's ``seed`` (initialisation, SFT batches)
+    plus the offset, a recipe of its own (0: the cold start as declared).
     """
     spec = recipe(cold_start, difficulty=difficulty, data_seed=data_seed)
+    if seed_offset:
+        spec = {**spec, "seed": spec["seed"] + int(seed_offset)}
 
     def build(model_dir: Path) -> dict:
         model, tokenizer, losses = build_model(spec, log=log)

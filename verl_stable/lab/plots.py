@@ -1,5 +1,8 @@
 """The lab's figures: every metric that matters for the paper's argument against the step, variants overlaid.
-matplotlib (the ``lab`` extra, Agg backend) is imported only when :func:`draw` runs; :data:`PLOTS` is plain data."""
+matplotlib (the ``lab`` extra, Agg backend) is imported only when :func:`draw` runs; :data:`PLOTS` is plain data.
+
+With several seeds a variant's curve is the mean over its seeds at each step, drawn with a band from the seeds'
+minimum to their maximum (:data:`BAND`); with one seed it is that seed's line."""
 
 from __future__ import annotations
 
@@ -51,11 +54,59 @@ PLOTS: tuple[Plot, ...] = (
 )
 #: overview.png: held-out accuracy, reward, training-inference KL and entropy, one panel each
 OVERVIEW = ("heldout_accuracy.png", "reward.png", "train_infer_kl.png", "entropy.png")
+#: what the band around a several-seed curve shows
+BAND = "min-max over seeds"
+
+Points = list[tuple[int, float]]
 
 
-def draw(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]]) -> list[Path]:
+def per_seed(runs: Mapping) -> dict[str, dict[int, Sequence[dict]]]:
+    """``{variant: {seed: rows}}`` from either that or one seed's ``{variant: rows}`` (seed 0)."""
+    return {name: (dict(v) if isinstance(v, Mapping) else {0: v}) for name, v in runs.items()}
+
+
+def spread(curves: Mapping[int, Points]) -> dict:
+    """Several seeds' curves of one variant: per step the mean, min and max over the seeds that logged it."""
+    steps: dict[int, list[float]] = {}
+    for pts in curves.values():
+        for x, y in pts:
+            steps.setdefault(x, []).append(y)
+    xs = sorted(steps)
+    return {
+        "mean": [(x, sum(steps[x]) / len(steps[x])) for x in xs],
+        "min": [(x, min(steps[x])) for x in xs],
+        "max": [(x, max(steps[x])) for x in xs],
+        "seeds": {str(s): list(pts) for s, pts in sorted(curves.items())},
+    }
+
+
+def _curve(ax, curves: Mapping[int, Points], label: str):
+    """One variant on ``ax``: its line (one seed) or mean line + min-max band (several); what data.json keeps."""
+    curves = {s: pts for s, pts in curves.items() if pts}
+    if not curves:
+        return None
+    if len(curves) == 1:
+        pts = next(iter(curves.values()))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=label)
+        return pts
+    agg = spread(curves)
+    (line,) = ax.plot(
+        [p[0] for p in agg["mean"]], [p[1] for p in agg["mean"]], marker="o", ms=3,
+        label=f"{label} (mean of {len(curves)} seeds)",
+    )
+    ax.fill_between(
+        [p[0] for p in agg["min"]], [p[1] for p in agg["min"]], [p[1] for p in agg["max"]],
+        color=line.get_color(), alpha=0.2, linewidth=0,
+    )
+    return agg
+
+
+def draw(out: Path, chosen: Sequence[Variant], runs: Mapping) -> list[Path]:
     """``out/plots/*.png`` (overview, one per :data:`PLOTS`, per-layer route agreement) and ``plots/data.json``,
-    the points each figure shows."""
+    the points each figure shows: a variant's points (one seed), or its mean / min / max / per-seed points.
+    ``runs``: ``{variant: {seed: rows}}`` or one seed's ``{variant: rows}``."""
+    runs = per_seed(runs)
+    several = any(len(v) > 1 for v in runs.values())
     import matplotlib
 
     matplotlib.use("Agg")
@@ -70,15 +121,17 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]
     def panel(ax, spec: Plot, record: bool) -> None:
         drawn = 0
         for v in chosen:
-            pts = series(runs.get(v.name, ()), spec.keys)
-            if spec.log:
-                pts = [(x, y) for x, y in pts if y > 0]
-            if pts:
+            curves = {}
+            for seed, rows in runs.get(v.name, {}).items():
+                pts = series(rows, spec.keys)
+                curves[seed] = [(x, y) for x, y in pts if y > 0] if spec.log else pts
+            shown = _curve(ax, curves, v.label)
+            if shown is not None:
                 if record:
-                    plotted.setdefault(spec.file, {})[v.name] = pts
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=v.label)
+                    plotted.setdefault(spec.file, {})[v.name] = shown
                 drawn += 1
-        ax.set_title(spec.title, fontsize=10 if record else 8)
+        title = spec.title + (f"\n(band: {BAND})" if several else "")
+        ax.set_title(title, fontsize=10 if record else 8)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(spec.ylabel)
@@ -107,15 +160,17 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]
         plt.close(fig)
         written.append(plots / spec.file)
 
-    layered = {v.name: layer_series(runs.get(v.name, ())) for v in chosen}
-    names = sorted({k for d in layered.values() for k in d})
+    layered = {
+        v.name: {seed: layer_series(rows) for seed, rows in runs.get(v.name, {}).items()} for v in chosen
+    }
+    names = sorted({k for d in layered.values() for by_layer in d.values() for k in by_layer})
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(max(7, 3.2 * len(names)), 3.8), squeeze=False)
     for ax, lname in zip(axes[0], names or ["(none)"]):
         for v in chosen:
-            pts = layered[v.name].get(lname)
-            if pts:
-                plotted.setdefault("route_agreement.png", {})[f"{v.name}/{lname}"] = pts
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3, label=v.label)
+            curves = {seed: by_layer.get(lname, []) for seed, by_layer in layered[v.name].items()}
+            shown = _curve(ax, curves, v.label)
+            if shown is not None:
+                plotted.setdefault("route_agreement.png", {})[f"{v.name}/{lname}"] = shown
         ax.set_title(lname, fontsize=9)
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -135,7 +190,9 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]
             fontsize=8,
         )
     fig.suptitle(
-        f"Per-layer route agreement ({ROUTING_METRICS.logged(ROUTING_METRICS.AGREEMENT_LAYER)}*)", fontsize=10
+        f"Per-layer route agreement ({ROUTING_METRICS.logged(ROUTING_METRICS.AGREEMENT_LAYER)}*)"
+        + (f"; band: {BAND}" if several else ""),
+        fontsize=10,
     )
     fig.tight_layout()
     fig.savefig(plots / "route_agreement.png", dpi=100)

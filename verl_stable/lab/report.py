@@ -13,9 +13,9 @@ import sys
 from pathlib import Path
 from typing import Mapping, Sequence
 
-from verl_stable.lab.findings import MARGIN, Finding, evaluate
-from verl_stable.lab.metrics import Summary, finite_or_null, summarize
-from verl_stable.lab.plots import draw
+from verl_stable.lab.findings import COLLAPSE_RULE, MARGIN, METHOD, Finding, evaluate
+from verl_stable.lab.metrics import Summary, finite_or_null, mean_summary, run_dir, summarize
+from verl_stable.lab.plots import BAND, draw, per_seed
 from verl_stable.lab.variants import Variant
 
 
@@ -27,25 +27,58 @@ def _fmt(x, spec: str = ".3f") -> str:
     return format(x, spec) if isinstance(x, (int, float)) and math.isfinite(x) else "-"
 
 
+def _interval(iv: Mapping) -> str:
+    """One paired comparison for the findings table: ``a − b: mean [lo, hi], K=k``."""
+    spec = ".2e" if iv["metric"].startswith(("train_infer_kl", "staleness_kl")) else "+.3f"
+    if not iv["diffs"]:
+        return f"{iv['a']} − {iv['b']}: no seed in common"
+    text = f"{iv['a']} − {iv['b']}: {format(iv['mean'], spec)}"
+    if iv["lo"] is None:
+        text += f", no interval (K={iv['k']})"
+    else:
+        text += f" [{format(iv['lo'], spec)}, {format(iv['hi'], spec)}], K={iv['k']}"
+    return text + (f" (dropped from both: {', '.join(iv['dropped'])})" if iv["dropped"] else "")
+
+
+def _collapsed_cell(by_seed: Mapping[int, Summary]) -> str:
+    flags = [s.collapsed for s in by_seed.values()]
+    if len(flags) == 1:
+        return _fmt(flags[0]) if flags[0] is not None else "too short"
+    short = sum(f is None for f in flags)
+    return f"{sum(f is True for f in flags)} of {len(flags)}" + (f" ({short} too short)" if short else "")
+
+
 def render(
     chosen: Sequence[Variant],
-    summaries: Mapping[str, Summary],
+    summaries: Mapping[str, Mapping[int, Summary]],
     found: Sequence[Finding],
     meta: Mapping,
     plots: Sequence[Path],
 ) -> str:
+    """The report; ``summaries`` is ``{variant: {seed: Summary}}`` (one seed: a single entry per variant)."""
     args, setup = meta.get("args", {}), meta.get("setup", {})
     size = args.get("size", {})
+    seeds = list(meta.get("seeds") or [args.get("seed", "?")])
+    several = len(seeds) > 1
+    seed_text = (
+        f"seeds {', '.join(map(str, seeds))} (K = {len(seeds)}; "
+        + ("each cold start re-drawn per seed" if args.get("redraw_cold_start") else "the same cold start for every seed")
+        + ")"
+        if several
+        else f"seed {seeds[0]}"
+    )
+    where = "runs/<variant>/seed<s>" if several else "runs/<variant>"
     lines = [
         "# verl-stable lab report",
         "",
         f"Task **{setup.get('name', '?')}** ({setup.get('task', '')}), model {setup.get('model', '')}; "
         f"{size.get('steps', '?')} GRPO steps per variant, {size.get('prompts_per_step', '?')} prompts x "
         f"{size.get('group_size', '?')} responses per step, rollout mismatch setting `{setup.get('mismatch', '?')}`, "
-        f"held-out accuracy avg@{setup.get('eval_k', '?')}, seed {args.get('seed', '?')}, trainer path "
-        f"`{args.get('trainer', '?')}`. Every variant is one `python -m verl_stable.main` run through verl's trainer "
-        f"(`runs/<variant>/command.txt`); the numbers below are computed from verl's metrics "
-        f"(`runs/<variant>/metrics.jsonl`). Total wall time {meta.get('wall_s', float('nan')):.0f} s.",
+        f"held-out accuracy avg@{setup.get('eval_k', '?')}, {seed_text}, trainer path "
+        f"`{args.get('trainer', '?')}`. Every {'(variant, seed)' if several else 'variant'} is one "
+        f"`python -m verl_stable.main` run through verl's trainer "
+        f"(`{where}/command.txt`); the numbers below are computed from verl's metrics "
+        f"(`{where}/metrics.jsonl`). Total wall time {meta.get('wall_s', float('nan')):.0f} s.",
         "",
         "## Results",
         "",
@@ -54,12 +87,12 @@ def render(
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for v in chosen:
-        s = summaries[v.name]
+        s = mean_summary([summaries[v.name][seed] for seed in sorted(summaries[v.name])])
         lines.append(
             f"| {s.label} (`{s.name}`) | {s.regime} | {s.steps} | {_fmt(s.reward_first)} → {_fmt(s.reward_last)} "
             f"| {_fmt(s.heldout_first)} → {_fmt(s.heldout_last)} | {_fmt(s.train_infer_kl, '.2e')} "
             f"| {_fmt(s.staleness_kl, '.2e')} | {_fmt(s.clipfrac)} | {_fmt(s.entropy_first)} → {_fmt(s.entropy_last)} "
-            f"| {_fmt(s.route_agreement)} | {_fmt(s.collapsed) if s.collapsed is not None else 'too short'} "
+            f"| {_fmt(s.route_agreement)} | {_collapsed_cell(summaries[v.name])} "
             f"| {_fmt(s.overhead, '.2f')} |"
         )
     lines += [
@@ -68,20 +101,33 @@ def render(
         "accuracy before training and at the last step; KLs, clip fraction and route agreement: means over steps "
         "(route agreement only for R2/R3 runs: mini-batch one agrees by construction under R2); *step / compute*: "
         "median of verl's `timing_s/step` over the sum of its compute phases (generation, reward, π_old pass, "
-        "advantage, update, weight sync), steps 2 on (step 1 carries start-up).",
+        "advantage, update, weight sync), steps 2 on (step 1 carries start-up)."
+        + (
+            f" With {len(seeds)} seeds every number is the mean over the seeds and *collapsed* counts the seeds "
+            "that collapsed (k of K); each seed's own numbers are in `summary.json` (`per_seed`)."
+            if several
+            else ""
+        ),
         "",
         "## The paper's findings, checked",
         "",
-        f"A comparison counts only beyond a gap of {MARGIN} (one seed, a tiny model: smaller gaps are noise). A "
-        "collapse means the training reward fell below half its best 3-step mean for the last third of the run.",
+        f"Method: {METHOD}. *difference*: the claim's variant A minus the variant B it is compared with, on the "
+        "claim's metric (held-out accuracy, else the last-third training reward; the step-1 training-inference KL "
+        f"for the KL claim; for the cold starts, final spread minus max(2 x {MARGIN}, start spread)). "
+        f"Collapse: the training reward fell below half its best 3-step mean for the last third of the run; "
+        f"{COLLAPSE_RULE}.",
         "",
-        "| finding (arXiv 2512.01374) | here | evidence |",
-        "|---|---|---|",
+        "| finding (arXiv 2512.01374) | here | difference A − B: mean [95% interval], K seeds | evidence |",
+        "|---|---|---|---|",
     ]
     tested = [f for f in found if f.status != "not tested"]
-    lines += [f"| {f.claim} | **{f.status}** | {f.evidence} |" for f in tested]
+    lines += [
+        f"| {f.claim} | **{f.verdict}** | {'; '.join(_interval(iv) for iv in f.intervals) or '-'} "
+        f"| {(f.notes if f.intervals else f.evidence) or '-'} |"
+        for f in tested
+    ]
     if not tested:
-        lines.append("| (no finding is testable with the variants run) | | |")
+        lines.append("| (no finding is testable with the variants run) | | | |")
     untested = [f for f in found if f.status == "not tested"]
     if untested:
         lines += ["", "Not tested by the variants run (`verl-stable lab --full` runs them all):", ""]
@@ -89,30 +135,39 @@ def render(
     counts = {
         k: sum(f.status == k for f in found) for k in ("reproduced", "not reproduced", "inconclusive", "not tested")
     }
-    n_collapsed = sum(summaries[v.name].collapsed is True for v in chosen)
+    n_collapsed = sum(s.collapsed is True for v in chosen for s in summaries[v.name].values())
     lines += [
         "",
         f"Summary: {counts['reproduced']} reproduced, {counts['not reproduced']} not reproduced, "
         f"{counts['inconclusive']} inconclusive, {counts['not tested']} not tested (variants not run). "
         + (
-            f"{n_collapsed} run(s) collapsed. "
+            f"{n_collapsed} run(s) collapsed{' (variant x seed)' if several else ''}. "
             if n_collapsed
             else "No run collapsed: at this scale (a few steps, a tiny model, short answers) the instabilities the paper "
             "reports over hundreds of large-model steps may not develop, so a missing collapse is not evidence "
             "against the paper. "
+        )
+        + (
+            ""
+            if several
+            else "One seed gives no interval, so no finding gets a verdict: `--seeds K` runs every variant K times. "
         )
         + "Run `verl-stable lab --full` (more variants, longer runs) for a stronger test.",
         "",
         "## Plots",
         "",
     ]
+    if several:
+        lines += [f"Each curve is the mean over the seeds; the band is the {BAND}.", ""]
     lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     lines += [
         "",
         "## Determinism",
         "",
         "Data, model initialisation, cold-start SFT and verl's seeds (`data.seed`, `actor_rollout_ref.rollout.seed`, "
-        "`actor_rollout_ref.actor.data_loader_seed`) are the same for every variant. The `hf_cpu` rollout seeds "
+        "`actor_rollout_ref.actor.data_loader_seed`) are the same for every variant of a seed (with several "
+        "seeds, each seed sets verl's three; data and cold start stay the same unless the cold start is re-drawn "
+        "per seed, `--redraw-cold-start`). The `hf_cpu` rollout seeds "
         "each request from (seed, prompt, how often the prompt was asked), so a rerun samples the same responses "
         "from the same weights: step 1 and the held-out accuracy before training repeat exactly. Not bit for bit "
         "after that: the trainer's bf16 update sums the batch in the order verl's replay buffer returns it, which "
@@ -128,11 +183,39 @@ def render(
 NULL_MEANS = "null: not measured (the run reported no such metric) or not finite (NaN/inf, which JSON cannot hold)"
 
 
-def write(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict]], meta: Mapping) -> Path:
-    """Plots under ``out/plots``, ``out/summary.json`` and ``out/report.md``; returns the report's path."""
+def _failed(meta: Mapping) -> set[tuple[str, int]]:
+    """(variant, seed) runs that exited non-zero, from the run's meta (both layouts)."""
+    bad = set()
+    runs = meta.get("runs")
+    for name, info in (runs.items() if isinstance(runs, Mapping) else ()):
+        for seed, one in (info.get("seeds") or {}).items():
+            if one.get("returncode", 0) != 0:
+                bad.add((name, int(seed)))
+        if "seeds" not in info and info.get("returncode", 0) != 0:
+            bad.add((name, int((meta.get("seeds") or [meta.get("args", {}).get("seed", 0)])[0])))
+    return bad
+
+
+def write(out: Path, chosen: Sequence[Variant], runs: Mapping, meta: Mapping) -> Path:
+    """Plots under ``out/plots``, ``out/summary.json`` and ``out/report.md``; returns the report's path.
+    ``runs``: ``{variant: {seed: rows}}``, or one seed's ``{variant: rows}``. A (variant, seed) whose run failed
+    (meta's returncode) is tabled but left out of the findings: its seed is dropped from the pairs."""
     out = Path(out)
-    summaries = {v.name: summarize(v, runs.get(v.name, ())) for v in chosen}
-    found = evaluate(summaries)
+    meta = dict(meta)
+    if not any(isinstance(v, Mapping) for v in runs.values()):
+        seed = int((meta.get("seeds") or [meta.get("args", {}).get("seed", 0)])[0])
+        runs = {name: {seed: rows} for name, rows in runs.items()}
+    runs = per_seed(runs)
+    seeds = sorted({s for by_seed in runs.values() for s in by_seed})
+    meta.setdefault("seeds", seeds or [meta.get("args", {}).get("seed", 0)])
+    summaries = {
+        v.name: {s: summarize(v, rows) for s, rows in sorted(runs.get(v.name, {}).items())}
+        or {meta["seeds"][0]: summarize(v, ())}
+        for v in chosen
+    }
+    failed = _failed(meta)
+    judged = {name: {s: x for s, x in by_seed.items() if (name, s) not in failed} for name, by_seed in summaries.items()}
+    found = evaluate(judged)
     plots = draw(out, chosen, runs)
     (out / "summary.json").write_text(
         json.dumps(
@@ -140,8 +223,9 @@ def write(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict
                 {
                     "null": NULL_MEANS,
                     "meta": meta,
-                    "variants": {k: vars(v) for k, v in summaries.items()},
-                    "findings": [vars(f) for f in found],
+                    "variants": {k: vars(mean_summary([v[s] for s in sorted(v)])) for k, v in summaries.items()},
+                    "per_seed": {k: {str(s): vars(x) for s, x in v.items()} for k, v in summaries.items()},
+                    "findings": [{**vars(f), "verdict": f.verdict} for f in found],
                 }
             ),
             indent=2,
@@ -156,8 +240,8 @@ def write(out: Path, chosen: Sequence[Variant], runs: Mapping[str, Sequence[dict
 
 def rewrite(out: Path) -> Path:
     """Redraw the plots and rewrite the report of a finished lab run from what it saved (``summary.json``'s
-    run list and meta, each ``runs/<variant>/metrics.jsonl``), on the grid as :mod:`verl_stable.lab.variants`
-    declares it now: ``python -m verl_stable.lab.report OUT``."""
+    run list, seeds and meta, each ``runs/<variant>[/seed<s>]/metrics.jsonl``), on the grid as
+    :mod:`verl_stable.lab.variants` declares it now: ``python -m verl_stable.lab.report OUT``."""
     from verl_stable.apps.console import read_metrics
     from verl_stable.lab import variants as vt
     from verl_stable.lab.setup import default_setup
@@ -174,7 +258,15 @@ def rewrite(out: Path) -> Path:
             f"{out} ran variant(s) {unknown} that the lab's grid no longer has (known: {', '.join(table)})"
         )
     chosen = [table[name] for name in meta["runs"]]
-    runs = {v.name: read_metrics(out / "runs" / v.name / "metrics.jsonl") for v in chosen}
+    seeds = [int(s) for s in meta.get("seeds") or [meta.get("args", {}).get("seed", 0)]]
+    runs = {}
+    for v in chosen:
+        ran = meta["runs"][v.name].get("seeds")
+        runs[v.name] = {
+            s: read_metrics(run_dir(out, v.name, s, seeds) / "metrics.jsonl")
+            for s in seeds
+            if ran is None or str(s) in ran
+        }
     return write(out, chosen, runs, meta)
 
 

@@ -4,6 +4,7 @@
     verl-stable lab --quick              # CI size: one variant (n2_r2) x 2 steps, plots + report
     verl-stable lab --full               # the whole grid, longer runs
     verl-stable lab --variants minirl,n4_r2 --steps 12 --out runs/lab
+    verl-stable lab --seeds 3            # every variant with seeds 0, 1, 2: verdicts from paired intervals
     python -m verl_stable.lab ...        # the same
 
 Each variant is one ``python -m verl_stable.main`` run -- the launcher a GPU user runs -- with the CPU
@@ -11,6 +12,12 @@ settings (:func:`verl_stable.apps.cpu_overrides.cpu_overrides`), the lab's base 
 eval) and the variant's own presets and overrides (:mod:`verl_stable.lab.variants`). There is no second RL
 loop: the metrics are verl's, written by verl's file logger. Arguments that are not options are Hydra
 overrides added to every variant (they win).
+
+``--seeds K`` runs every variant K times, with seeds ``seed, seed+1, ...`` (verl's data shuffle, rollout sampling
+and actor data-loader seeds; the data set and the cold-start model stay the same, unless ``--redraw-cold-start``
+also re-draws each cold start per seed: its initialisation and SFT seed plus the run's seed). One seed keeps the
+layout ``runs/<variant>/``; several write ``runs/<variant>/seed<s>/``. The report pairs the variants by seed
+(:mod:`verl_stable.lab.findings`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from pathlib import Path
 from verl_stable.apps import console
 from verl_stable.apps.cpu_overrides import cpu_overrides
 from verl_stable.lab import variants as vt
+from verl_stable.lab.metrics import run_dir as run_dir_of
 from verl_stable.lab.setup import LabSetup, default_setup
 
 TRAINER_PATHS = ("v1-fast", "v1", "legacy")
@@ -41,6 +49,10 @@ class Args:
     variants: list[str] = field(default_factory=lambda: list(vt.DEFAULT_VARIANTS))
     size: vt.GridSize = vt.DEFAULT
     seed: int = 0
+    #: runs per variant, with seeds seed, seed+1, ..., seed+seeds-1
+    seeds: int = 1
+    #: re-draw every cold start per seed (its recipe's seed + the run's seed) instead of one for all seeds
+    redraw_cold_start: bool = False
     lr: float = 1e-3
     response_length: int = 4
     #: rollout-mismatch dial setting (LabSetup.mismatch); None: the setup's default (the lab's: int4)
@@ -56,6 +68,12 @@ class Args:
     verbose: bool = False
     full: bool = False
 
+    @property
+    def seed_list(self) -> list[int]:
+        if self.seeds < 1:
+            raise ValueError(f"--seeds must be >= 1, got {self.seeds}")
+        return [self.seed + i for i in range(self.seeds)]
+
 
 @dataclass
 class VariantRun:
@@ -66,10 +84,19 @@ class VariantRun:
     wall_s: float
     first_step_s: float | None
     overrides: list[str]
+    seed: int = 0
 
     @property
     def name(self) -> str:
         return self.variant.name
+
+    def info(self) -> dict:
+        return {
+            "returncode": self.returncode,
+            "wall_s": self.wall_s,
+            "first_step_s": self.first_step_s,
+            "steps": len(self.rows),
+        }
 
 
 @contextlib.contextmanager
@@ -93,9 +120,13 @@ def trainer_overrides(path: str, poll_interval_s: float | None = None) -> list[s
     raise ValueError(f"trainer path {path!r} unknown (lab --trainer): one of {', '.join(TRAINER_PATHS)}")
 
 
-def base_overrides(args: Args, setup: LabSetup, *, run_dir: Path, model_dir: str, train: str, val: str) -> list[str]:
-    """What every variant shares: CPU settings, data, reward, seeds, held-out eval, trainer path, mismatch."""
+def base_overrides(
+    args: Args, setup: LabSetup, *, run_dir: Path, model_dir: str, train: str, val: str, seed: int | None = None
+) -> list[str]:
+    """What every variant shares: CPU settings, data, reward, seeds, held-out eval, trainer path, mismatch.
+    ``seed``: this run's seed (default ``args.seed``), verl's data shuffle, rollout and data-loader seed."""
     size = args.size
+    seed = args.seed if seed is None else seed
     eval_every = size.eval_every if size.eval_every > 0 else size.steps
     return [
         *cpu_overrides(
@@ -112,10 +143,10 @@ def base_overrides(args: Args, setup: LabSetup, *, run_dir: Path, model_dir: str
         f"data.val_files={val}",
         f"reward.custom_reward_function.path={setup.reward_path}",
         f"reward.custom_reward_function.name={setup.reward_name}",
-        # same seeds across variants: data order, rollout sampling, actor data loader
-        f"data.seed={args.seed}",
-        f"actor_rollout_ref.rollout.seed={args.seed}",
-        f"actor_rollout_ref.actor.data_loader_seed={args.seed}",
+        # same seeds across the variants of a seed: data order, rollout sampling, actor data loader
+        f"data.seed={seed}",
+        f"actor_rollout_ref.rollout.seed={seed}",
+        f"actor_rollout_ref.actor.data_loader_seed={seed}",
         # held-out accuracy avg@k: k samples per eval prompt at temperature 1, before training and every eval_every
         "trainer.val_before_train=True",
         f"trainer.test_freq={eval_every}",
@@ -161,6 +192,8 @@ def run_variant(
     count: int,
     size: vt.GridSize,
     verbose: bool = False,
+    seed: int = 0,
+    show_seed: bool = False,
 ) -> VariantRun:
     """One ``python -m verl_stable.main`` run; one console line per step (``[lab] 2/5 minirl step 3/8 ...``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -172,7 +205,7 @@ def run_variant(
     start = time.monotonic()
     first: list[float] = []
     rows: list[dict] = []
-    tag = f"[lab] {index}/{count} {variant.name:<18}"
+    tag = f"[lab] {index}/{count} {variant.name:<18}" + (f" seed {seed}" if show_seed else "")
 
     def on_row(row: dict) -> None:
         if not first:
@@ -192,7 +225,7 @@ def run_variant(
         print(
             f"{tag} done: {len(rows)} rows in {wall:.0f} s (first step after {first[0] if first else float('nan'):.0f} s)"
         )
-    return VariantRun(variant, run_dir, rows, rc, wall, first[0] if first else None, overrides)
+    return VariantRun(variant, run_dir, rows, rc, wall, first[0] if first else None, overrides, seed)
 
 
 def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
@@ -208,14 +241,23 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
     table = vt.grid(setup.cold_starts)
     chosen = vt.select(args.variants, table)
     size = args.size
+    seeds = args.seed_list
+    several = len(seeds) > 1
 
     print(
         f"[lab] {len(chosen)} variants x {size.steps} steps, {size.prompts_per_step} prompts x {size.group_size} "
         f"per step, task {setup.name}, cold start {args.cold_start or 'default'}, "
         f"rollout mismatch {args.mismatch or setup.default_mismatch}, lr {args.lr:g}, "
-        f"trainer {args.trainer}, seed {args.seed}"
+        f"trainer {args.trainer}, "
+        + (
+            f"seeds {', '.join(map(str, seeds))}"
+            + (" (cold starts re-drawn per seed)" if args.redraw_cold_start else " (one cold start for all)")
+            if several
+            else f"seed {args.seed}"
+        )
     )
-    print(f"[lab] output {out}: report.md, plots/, runs/<variant>/ (metrics.jsonl, train.log)")
+    where = "runs/<variant>/seed<s>/" if several else "runs/<variant>/"
+    print(f"[lab] output {out}: report.md, plots/, {where} (metrics.jsonl, train.log)")
     base_cold = setup.check_cold_start(args.cold_start or "default")
 
     def cold_of(v: vt.Variant) -> str:
@@ -224,14 +266,25 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
     t0 = time.monotonic()
     train, val = setup.build_data(out / "data", seed=args.seed)
 
+    # the cold start of a (variant, seed): one per cold start, or one per cold start and seed (--redraw-cold-start)
     models = {}
     for cold in dict.fromkeys(cold_of(v) for v in chosen):
-        models[cold] = setup.build_model(out / "models" / cold, cold_start=cold)
-    named = {}
-    for v in chosen:
-        run_dir = out / "runs" / v.name
-        base = base_overrides(args, setup, run_dir=run_dir, model_dir=models[cold_of(v)], train=train, val=val)
-        named[v.name] = variant_overrides(v, args, base)
+        if args.redraw_cold_start:
+            for s in seeds:
+                models[cold, s] = setup.build_model(out / "models" / cold, cold_start=cold, redraw=s)
+        else:
+            model_dir = setup.build_model(out / "models" / cold, cold_start=cold)
+            models.update({(cold, s): model_dir for s in seeds})
+    named, jobs = {}, []
+    for s in seeds:
+        for v in chosen:
+            run_dir = run_dir_of(out, v.name, s, seeds)
+            base = base_overrides(
+                args, setup, run_dir=run_dir, model_dir=models[cold_of(v), s], train=train, val=val, seed=s
+            )
+            key = f"{v.name} seed {s}" if several else v.name
+            named[key] = variant_overrides(v, args, base)
+            jobs.append((v, s, key, run_dir))
     problems = validate_all(named)
     if problems:
         print("[lab] refused before start-up:", file=sys.stderr)
@@ -241,16 +294,18 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
     print(f"[lab] data, models and {len(named)} configs ready in {time.monotonic() - t0:.0f} s")
 
     runs = []
-    for i, v in enumerate(chosen, 1):
+    for i, (v, s, key, run_dir) in enumerate(jobs, 1):  # seed by seed: a stopped lab has whole seeds to pair
         runs.append(
             run_variant(
                 v,
-                named[v.name],
-                out / "runs" / v.name,
+                named[key],
+                run_dir,
                 index=i,
-                count=len(chosen),
+                count=len(jobs),
                 size=size,
                 verbose=args.verbose,
+                seed=s,
+                show_seed=several,
             )
         )
     meta = {
@@ -263,19 +318,20 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
             **({"model": setup.describe_model(base_cold)} if setup.describe_model else {}),
         },
         "wall_s": time.monotonic() - t0,
-        "runs": {
-            r.name: {
-                "returncode": r.returncode,
-                "wall_s": r.wall_s,
-                "first_step_s": r.first_step_s,
-                "steps": len(r.rows),
+        "seeds": seeds,
+        "runs": (
+            {
+                v.name: {"seeds": {str(r.seed): r.info() for r in runs if r.name == v.name}}
+                for v in chosen
             }
-            for r in runs
-        },
+            if several
+            else {r.name: r.info() for r in runs}
+        ),
         "platform": _platform(),
     }
-    path = report.write(out, [r.variant for r in runs], {r.name: r.rows for r in runs}, meta)
-    failed = [r.name for r in runs if r.returncode != 0]
+    rows = {v.name: {r.seed: r.rows for r in runs if r.name == v.name} for v in chosen}
+    path = report.write(out, chosen, rows, meta)
+    failed = [r.name + (f" seed {r.seed}" if several else "") for r in runs if r.returncode != 0]
     print(f"[lab] done in {time.monotonic() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
     print(f"[lab] report: {path}")
     if failed:
@@ -312,7 +368,18 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument("--steps", type=int, help="GRPO steps per variant")
     parser.add_argument("--prompts", type=int, help="prompts per step (a multiple of 4 for the N=4 variants)")
     parser.add_argument("--out", default="runs/lab", help="output directory (default runs/lab)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="the (first) seed (default 0)")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        help="runs per variant, seeds --seed, --seed+1, ... (default 1; the report's verdicts need >= 2)",
+    )
+    parser.add_argument(
+        "--redraw-cold-start",
+        action="store_true",
+        help="with --seeds: re-draw every cold start per seed (default: one cold start for all seeds)",
+    )
     parser.add_argument("--lr", type=float, default=Args.lr, help=f"actor learning rate (default {Args.lr})")
     parser.add_argument("--mismatch", help="rollout mismatch dial setting (default: the setup's, int4 for the lab)")
     parser.add_argument(
@@ -343,6 +410,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         parser.error(f"--steps must be >= 1, got {steps}")
     if prompts < 1:
         parser.error(f"--prompts must be >= 1, got {prompts}")
+    if ns.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {ns.seeds}")
     eval_every = base.eval_every if base.eval_every and base.eval_every < steps else 0
     size_ = vt.GridSize(steps=steps, prompts_per_step=prompts, group_size=base.group_size, eval_every=eval_every)
     if ns.variants:
@@ -358,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         variants=names,
         size=size_,
         seed=ns.seed,
+        seeds=ns.seeds,
+        redraw_cold_start=ns.redraw_cold_start,
         lr=ns.lr,
         mismatch=ns.mismatch,
         trainer=ns.trainer,

@@ -49,8 +49,18 @@ class LabSetup:
             )
         return cold_start
 
-    def build_model(self, out_dir: str | Path, cold_start: str = "default") -> str:
-        return self.model_builder(Path(out_dir), cold_start=self.check_cold_start(cold_start))
+    def build_model(self, out_dir: str | Path, cold_start: str = "default", *, redraw: int | None = None) -> str:
+        """The cold start's model directory; ``redraw=s``: the cold start re-drawn for seed ``s`` (its own
+        initialisation and SFT seed plus ``s``; lab ``--redraw-cold-start``), which the builder must accept."""
+        cold_start = self.check_cold_start(cold_start)
+        if redraw is None:
+            return self.model_builder(Path(out_dir), cold_start=cold_start)
+        try:
+            return self.model_builder(Path(out_dir), cold_start=cold_start, redraw=int(redraw))
+        except TypeError as exc:
+            if "redraw" not in str(exc):
+                raise
+            raise ValueError(f"the {self.name} setup cannot re-draw its cold starts (lab --redraw-cold-start)") from exc
 
     def build_data(self, out_dir: str | Path, *, seed: int = 0) -> tuple[str, str]:
         return self.data_builder(Path(out_dir), seed=seed)
@@ -71,11 +81,13 @@ def default_setup() -> LabSetup:
     def build_data(out_dir: Path, *, seed: int = 0):
         return task.build_datasets(out_dir, seed=seed, difficulty=task.DEFAULT_DIFFICULTY)
 
-    def build_model(out_dir: Path, *, cold_start: str = "default"):
-        def log(line: str) -> None:
-            print(f"[lab] cold start {cold_start}: {line}", flush=True)
+    def build_model(out_dir: Path, *, cold_start: str = "default", redraw: int | None = None):
+        which = cold_start if redraw is None else f"{cold_start} (re-drawn for seed {redraw})"
 
-        return model.build_lab_model(out_dir, cold_start=cold_start, log=log)
+        def log(line: str) -> None:
+            print(f"[lab] cold start {which}: {line}", flush=True)
+
+        return model.build_lab_model(out_dir, cold_start=cold_start, seed_offset=redraw or 0, log=log)
 
     return LabSetup(
         name="lab",
