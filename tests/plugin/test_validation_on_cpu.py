@@ -122,6 +122,20 @@ def test_mistake_is_refused_naming_its_key(run_dir, overrides, preset, key):
     assert "\n" not in line and line.startswith(f"{key}="), line
 
 
+def test_an_added_key_of_the_config_dataclass_is_accepted_a_typo_is_refused(run_dir):
+    """verl's RolloutConfig has enable_sleep_mode (its YAML does not list it): '+' adds a key verl reads."""
+    def check(added: str):
+        overrides = ["algorithm=minirl", *cpu_overrides(run_dir, steps=1), added]
+        config = compose_trainer_config(overrides)
+        validate_trainer_config(config, with_verl=False, overrides=overrides)
+        return config
+
+    assert check("+actor_rollout_ref.rollout.enable_sleep_mode=False").actor_rollout_ref.rollout.enable_sleep_mode is False
+    with pytest.raises(ConfigError) as info:
+        check("+actor_rollout_ref.rollout.enable_sleeep_mode=False")
+    assert "actor_rollout_ref.rollout.enable_sleeep_mode" in info.value.keys, str(info.value)
+
+
 def test_every_problem_is_reported_at_once(run_dir):
     error = _refused(run_dir, f"{ACTOR}.clip_ratio_low=-1", "trainer.total_training_steps=0",
                      "data.val_files=/nonexistent/val.parquet")

@@ -41,6 +41,23 @@ def _is_free_form(segments: list[str]) -> bool:
     return any(seg in FREE_FORM or seg.endswith("kwargs") for seg in segments)
 
 
+def _target_fields(node) -> set[str]:
+    """The fields of the dataclass a config node is converted to (its ``_target_``): verl reads every one of them,
+    whether or not its YAML lists the key (e.g. ``RolloutConfig.enable_sleep_mode``). Empty when unknown."""
+    import dataclasses
+    import importlib
+
+    target = node.get("_target_") if OmegaConf.is_dict(node) else None
+    if not isinstance(target, str) or "." not in target:
+        return set()
+    module, name = target.rsplit(".", 1)
+    try:
+        cls = getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return set()
+    return {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+
+
 def check_added_keys(config, overrides: Iterable[str]) -> Iterator[ConfigIssue]:
     """``+key=value`` overrides verl's config has no such key for: Hydra adds them and verl never reads them."""
     overrides = [str(o) for o in overrides]
@@ -53,7 +70,7 @@ def check_added_keys(config, overrides: Iterable[str]) -> Iterator[ConfigIssue]:
             continue
         Reading.key = key
         node = OmegaConf.select(config, parent, default=None)
-        if not OmegaConf.is_dict(node):
+        if not OmegaConf.is_dict(node) or leaf in _target_fields(node):
             continue
         siblings = [k for k in node.keys() if f"{parent}.{k}" not in added]
         if not siblings:
