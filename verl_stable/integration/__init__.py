@@ -253,6 +253,19 @@ SHIMS: tuple[Shim, ...] = (
         not_applicable=_no_vllm,
         entry_point=VLLM_PLUGINS,
     ),
+    Shim(
+        name="vllm-cpu-moe-silu",
+        target="vllm cpu_fused_moe._CPU_MOE_ACT_FN[SILU] (a static function instead of a CustomOp built per call)",
+        kind="patch",
+        feature="vLLM's CPU MoE without grouped-GEMM kernels (AVX2 builds)",
+        install=_call("verl_stable.integration.vllm_cpu", "register"),
+        is_installed=_call("verl_stable.integration.vllm_cpu", "is_installed"),
+        upstream="vLLM: map SILU to the static SiluAndMul.forward_native in _CPU_MOE_ACT_FN, as the table's comment "
+        "asks (its CustomOp raises 'Current vLLM config is not set' at forward time)",
+        gate=_VLLM_MONOLITHIC, on_mismatch=OnMismatch.LOG, skipped="left as vLLM does it",
+        not_applicable=_no_vllm,
+        entry_point=VLLM_PLUGINS,
+    ),
 )
 
 SHIMS_BY_NAME: dict[str, Shim] = {shim.name: shim for shim in SHIMS}
