@@ -15,3 +15,16 @@ def weak_lab_model_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(lab_model.COLD_STARTS, "weak_test", WEAK_COLD_START)
         return lab_model.build_lab_model(tmp_path_factory.mktemp("lab_model"), cold_start="weak_test")
+
+
+@pytest.fixture(scope="session")
+def ci_cold_start_models(tmp_path_factory):
+    """The ``--quick`` lab's cold start, built once per session the way the lab builds it (``<out>/models/<cold>/``).
+    The end-to-end tests copy it into their output directory first: the lab finds it by its recipe hash and reuses it,
+    as a second lab run in the same directory would."""
+    from verl_stable.lab.setup import default_setup
+
+    models = tmp_path_factory.mktemp("ci_cold_start") / "models"
+    cold = lab_model.CI_COLD_START
+    default_setup().build_model(models / cold, cold_start=cold)
+    return models

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -38,8 +39,9 @@ def _lab(out: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProc
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory):
+def quick(tmp_path_factory, ci_cold_start_models):
     out = tmp_path_factory.mktemp("lab") / "quick"
+    shutil.copytree(ci_cold_start_models, out / "models")  # the session's cold start: built once for the lab tests
     proc = _lab(out, "--quick")
     return out, proc.stdout
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -21,8 +22,9 @@ NAME = variants.QUICK_VARIANTS[0]
 
 
 @pytest.fixture(scope="module")
-def two_seeds(tmp_path_factory):
+def two_seeds(tmp_path_factory, ci_cold_start_models):
     out = tmp_path_factory.mktemp("lab_seeds") / "seeds"
+    shutil.copytree(ci_cold_start_models, out / "models")  # the session's cold start: built once for the lab tests
     env = {**os.environ, "RAY_DEDUP_LOGS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("VERBOSE", None)
     proc = subprocess.run(
