@@ -35,6 +35,7 @@ pytestmark = [
     ),
 ]
 
+SKIP_WEIGHT_SYNC = Path(__file__).with_name("skip_weight_sync")
 VLLM_ON_CPU = [
     "actor_rollout_ref.rollout.name=vllm",
     "actor_rollout_ref.rollout.enforce_eager=True",
@@ -50,22 +51,37 @@ def model_dir(tmp_path_factory):
     return build_model_dir(tmp_path_factory.mktemp("vllm_trainer_model"), hidden=256)
 
 
-def _train(tmp_path: Path, model_dir: str, *overrides: str) -> list[dict]:
+def _launch(tmp_path: Path, model_dir: str, *overrides: str, steps: int, skip_weight_sync: bool = False,
+            vllm_plugins: str | None = None) -> subprocess.CompletedProcess:
+    """One run of the demo launcher with vLLM in ``tmp_path / "run"``."""
     run = tmp_path / "run"
-    env = {**os.environ, "RUN_DIR": str(run), "STEPS": "2", "PY": str(VLLM_PYTHON), "VERL_PLATFORM": "cpu",
+    env = {**os.environ, "RUN_DIR": str(run), "STEPS": str(steps), "PY": str(VLLM_PYTHON), "VERL_PLATFORM": "cpu",
            "VLLM_CPU_KVCACHE_SPACE": "1", "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}  # fmt: skip
     env.pop("PYTHONPATH", None)
-    done = subprocess.run(
+    if skip_weight_sync:
+        env["PYTHONPATH"] = str(SKIP_WEIGHT_SYNC)
+    if vllm_plugins is not None:  # vLLM's own switch: load only these general plugins
+        env["VLLM_PLUGINS"] = vllm_plugins
+    return subprocess.run(
         ["bash", str(ROOT / "scripts" / "demo_cpu.sh"), *overrides, f"actor_rollout_ref.model.path={model_dir}",
          *VLLM_ON_CPU],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
+
+
+def _run(tmp_path: Path, model_dir: str, *overrides: str, steps: int = 2, skip_weight_sync: bool = False):
+    """A run that must succeed; returns its steps' metric rows (``data``)."""
+    done = _launch(tmp_path, model_dir, *overrides, steps=steps, skip_weight_sync=skip_weight_sync)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    steps = [r for r in read_metrics(run / "metrics.jsonl") if "rollout_corr/k3_kl" in r.get("data", {})]
-    assert [r["step"] for r in steps] == [1, 2], steps
-    rows = [r["data"] for r in steps]
+    rows = [r for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "rollout_corr/k3_kl" in r.get("data", {})]
+    assert [r["step"] for r in rows] == list(range(1, steps + 1)), rows
+    return [r["data"] for r in rows]
+
+
+def _train(tmp_path: Path, model_dir: str, *overrides: str) -> list[dict]:
+    rows = _run(tmp_path, model_dir, *overrides)
     for row in rows:
-        # bf16 rollout against the fp32 trainer: small, and still small after the first update (weights synced)
+        # bf16 rollout against the trainer's bf16 autocast: small, and still small after the first update (weights synced)
         assert 0 <= row["rollout_corr/k3_kl"] < 1e-3, row["rollout_corr/k3_kl"]
     return rows
 
@@ -84,3 +100,32 @@ def test_r3_replays_vllms_routes(tmp_path, model_dir):
         # the final sampled token of each sequence has no route (vLLM never runs it); nothing else lacks one
         assert 0 < row["actor/routing/old_pass/tokens_without_route"] < 0.1, row
         assert row["actor/routing/old_pass/agreement_mean"] > 0.9, row
+
+
+def test_weight_sync_keeps_vllm_equal_to_the_trainer(tmp_path, model_dir):
+    """After every update verl's naive checkpoint engine copies the FSDP2 trainer's weights into vLLM (which needs
+    row ``vllm-cpu-reloadable-weights`` on CPU: without it vLLM's prepacked fp32 GEMMs refuse the update). At fp32 on
+    both sides the rollout's log-probs of the sampled tokens (mu_old) then equal the trainer's (pi_old) up to kernel
+    rounding, at every step. The same run with the end-of-step sync switched off (fault injection, see
+    ``skip_weight_sync/``) samples steps 2 and 3 from step 1's weights: the check must fail there."""
+    # fp32 on both sides: vLLM's weights, and the FSDP2 engine's compute (verl's default autocasts to bf16)
+    fp32 = ["actor_rollout_ref.rollout.dtype=float32",
+            "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}"]
+    synced = [row["rollout_corr/k3_kl"] for row in _run(tmp_path / "synced", model_dir, *fp32, steps=3)]
+    assert all(abs(kl) <= 1e-6 for kl in synced), synced  # k3 >= 0 up to fp32 rounding of its mean
+    stale = [row["rollout_corr/k3_kl"] for row in _run(tmp_path / "stale", model_dir, *fp32, steps=3, skip_weight_sync=True)]
+    assert abs(stale[0]) <= 1e-6, stale  # step 1 samples from the start-up sync, which stays on
+    assert min(stale[1:]) > 1e-6 and min(stale[1:]) > 10 * max(abs(kl) for kl in synced), (synced, stale)
+    print(f"k3 KL (pi_old vs mu_old, fp32) per step: synced {synced}, end-of-step sync skipped {stale}")
+
+
+def test_r3_without_the_capture_hook_is_stopped_by_the_coverage_guard(tmp_path, model_dir):
+    """vLLM loaded without verl-stable's route-capture plugin (only the CPU MoE fix): its CPU MoE kernel returns
+    all-zero routes, and R3's coverage guard in the training engine stops the run at the first step, naming the
+    vLLM issue, instead of replaying expert 0 everywhere. The run above, with the hook, passes the same guard."""
+    done = _launch(tmp_path, model_dir, "routing_replay=R3", steps=1, vllm_plugins="verl_stable_cpu_moe")
+    assert done.returncode != 0
+    log = (tmp_path / "run" / "train.log").read_text(errors="replace")
+    assert "UnroutedTokensError" in log and "vllm-project/vllm#44116" in log, log[-4000:]
+    shown = done.stdout + done.stderr  # the launcher names the failure in its own summary too
+    assert "UnroutedTokensError" in shown or "without a route" in shown, shown[-3000:]

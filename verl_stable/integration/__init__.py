@@ -266,6 +266,20 @@ SHIMS: tuple[Shim, ...] = (
         not_applicable=_no_vllm,
         entry_point=VLLM_PLUGINS,
     ),
+    Shim(
+        name="vllm-cpu-reloadable-weights",
+        target="vllm layers.utils.dispatch_cpu_unquantized_gemm and CPUFusedMOE.check_grouped_gemm (no prepacked "
+        "weights under verl-stable's CPU platform)",
+        kind="patch",
+        feature="verl's weight sync into vLLM on CPU (load_weights after start-up)",
+        install=_call("verl_stable.integration.vllm_cpu", "keep_weights_reloadable"),
+        is_installed=_call("verl_stable.integration.vllm_cpu", "weights_reloadable"),
+        upstream="vLLM: re-run process_weights_after_loading after load_weights on CPU (or keep the unpacked "
+        "weight) so that weight updates reach the prepacked oneDNN / grouped-GEMM copies",
+        gate=_VLLM_MONOLITHIC, on_mismatch=OnMismatch.LOG, skipped="left as vLLM does it",
+        not_applicable=_no_vllm,
+        entry_point=VLLM_PLUGINS,
+    ),
 )
 
 SHIMS_BY_NAME: dict[str, Shim] = {shim.name: shim for shim in SHIMS}
