@@ -44,14 +44,14 @@ def model_dir(tmp_path_factory):
     )
 
 
-def _generate(model_dir: str, plugins: str | None) -> list[dict]:
+def _generate(model_dir: str, plugins: str | None, prompts=PROMPTS, **options) -> list[dict]:
     env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
     env.pop("PYTHONPATH", None)
     if plugins is not None:
         env["VLLM_PLUGINS"] = plugins
     probe = Path(__file__).with_name("vllm_cpu_probe.py")
     done = subprocess.run(
-        [str(VLLM_PYTHON), str(probe), model_dir, json.dumps(PROMPTS)],
+        [str(VLLM_PYTHON), str(probe), model_dir, json.dumps(prompts), json.dumps(options)],
         env=env,
         capture_output=True,
         text=True,
@@ -128,4 +128,27 @@ def test_with_the_hook_vllm_routes_and_logprobs_match_transformers(model_dir):
         assert valid[:n].all() and not valid[n:].any()
         assert torch.equal(
             parsed.experts[:n].long().sort(-1).values, experts[:n].sort(-1).values
+        )
+
+
+def test_prefix_cached_prompts_keep_their_routes(model_dir):
+    """verl's rollouts run with vLLM's prefix cache on and ``rollout.n`` samples per prompt: the second and later
+    samples find the prompt's KV blocks cached and vLLM does not run those tokens again. R3 still needs their routes.
+    vLLM 0.24 keeps routes per KV-cache slot, so a cache hit returns the routes of the run that filled the slot:
+    present, and equal to the first sample's (and to a teacher-forced forward)."""
+    # 70 prompt tokens over 32-token blocks: two whole blocks (64 tokens) can be cached
+    prompt = [1, 5, 8, 11, 9, 19, 2, 20, 1, 6] * 7
+    records = _generate(model_dir, plugins=None, prompts=[prompt], rounds=3, block_size=32)
+    assert [r["round"] for r in records] == [0, 1, 2]
+    first, *later = records
+    assert first["num_cached_tokens"] == 0
+    experts, _, _ = _teacher_forced(model_dir, prompt)
+    first_prompt_routes = np.sort(np.asarray(first["routes"])[: len(prompt)], -1)
+    assert (first_prompt_routes == np.sort(experts[: len(prompt)].numpy(), -1)).all()
+    for rec in later:
+        assert rec["num_cached_tokens"] == 64, rec["num_cached_tokens"]  # the cache was hit: the test means something
+        routes = np.asarray(rec["routes"])
+        assert routes.shape[0] == len(prompt) + len(rec["token_ids"]) - 1
+        assert np.array_equal(np.sort(routes[: len(prompt)], -1), first_prompt_routes), (
+            "a prefix-cache hit changed or dropped the prompt's routes"
         )
