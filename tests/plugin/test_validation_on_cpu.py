@@ -111,7 +111,27 @@ MISTAKES = [
     (["routing_replay=R3", f"{ACTOR}.fsdp_config.router_replay._target_=verl.workers.config.EngineRouterReplayConfig",
       f"{ACTOR}.fsdp_config.router_replay.max_unrouted_fraction=0.1"], "minirl",
      f"{ACTOR}.fsdp_config.router_replay._target_"),
+    # rollout-engine features under which routes come back wrong or missing: refused with route return on
+    (["routing_replay=R3", "actor_rollout_ref.rollout.pipeline_model_parallel_size=2"], "minirl",
+     "actor_rollout_ref.rollout.pipeline_model_parallel_size"),
+    (["routing_replay=R3", "actor_rollout_ref.rollout.disaggregation.enabled=true"], "minirl",
+     "actor_rollout_ref.rollout.disaggregation.enabled"),
+    (["routing_replay=R3", "actor_rollout_ref.rollout.name=vllm",
+      "+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_offloading_size=4"], "minirl",
+     "actor_rollout_ref.rollout.engine_kwargs.vllm.kv_offloading_size"),
+    (["routing_replay=R3", "actor_rollout_ref.rollout.name=vllm",
+      "+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_transfer_config={kv_connector:LMCacheConnectorV1,kv_role:kv_both}"],
+     "minirl", "actor_rollout_ref.rollout.engine_kwargs.vllm.kv_transfer_config"),
+    (["routing_replay=R3", "actor_rollout_ref.rollout.name=sglang",
+      "+actor_rollout_ref.rollout.engine_kwargs.sglang.pp_size=2"], "minirl",
+     "actor_rollout_ref.rollout.engine_kwargs.sglang.pp_size"),
 ]
+
+
+def test_route_breaking_engine_features_are_fine_without_route_return(run_dir):
+    """The same engine settings pass where no routes are returned (R2 records them on the trainer)."""
+    _validate(run_dir, "routing_replay=R2", "actor_rollout_ref.rollout.name=vllm",
+              "+actor_rollout_ref.rollout.engine_kwargs.vllm.kv_offloading_size=4")
 
 
 @pytest.mark.parametrize("overrides,preset,key", MISTAKES, ids=[" ".join(m[0]) + f"@{m[1]}" for m in MISTAKES])

@@ -58,8 +58,54 @@ def check_unrouted_tolerance(config) -> Iterator[ConfigIssue]:
         )
 
 
+#: Rollout-engine settings under which the engine returns wrong or missing routes: ``(key under the rollout, the
+#: engine it concerns or None for any, is-the-setting-on, why)``. vLLM keeps routes per KV-cache slot and fills
+#: a slot's route only when it runs the token there; SGLang captures on the ranks that run the MoE layers.
+_ROUTE_BREAKING_FEATURES = (
+    ("pipeline_model_parallel_size", None, lambda v: v is not None and int(v) > 1,
+     "each pipeline stage sees only its own layers' routes (vLLM 0.24 refuses it inside the rollout actor)"),
+    ("disaggregation.enabled", None, bool,
+     "prefill runs on another server, whose routes never reach the decode server that returns the sample"),
+    ("engine_kwargs.vllm.pipeline_parallel_size", "vllm", lambda v: v is not None and int(v) > 1,
+     "each pipeline stage sees only its own layers' routes"),
+    ("engine_kwargs.vllm.kv_transfer_config", "vllm", lambda v: v is not None,
+     "a KV connector (PD disaggregation, LMCache, offload) brings in KV blocks whose tokens never ran here, so "
+     "vLLM's slot-indexed route buffer has no routes for them"),
+    ("engine_kwargs.vllm.kv_offloading_size", "vllm", lambda v: v is not None and float(v) > 0,
+     "blocks reloaded from the CPU offload tier carry KV but no routes (vLLM's route buffer is per GPU slot)"),
+    ("engine_kwargs.sglang.pp_size", "sglang", lambda v: v is not None and int(v) > 1,
+     "each pipeline stage sees only its own layers' routes"),
+    ("engine_kwargs.sglang.disaggregation_mode", "sglang", lambda v: v not in (None, "null"),
+     "prefill runs on another server, whose routes never reach the decode server that returns the sample"),
+)
+
+
+def check_route_return_features(config) -> Iterator[ConfigIssue]:
+    """Route return on (R3, verl's Megatron R3 included) with an engine feature that returns wrong or missing
+    routes: refused before Ray starts, naming the key, instead of a replay of garbage or a late engine error."""
+    if not bool(get(config, ROUTE_RETURN_KEY, False)):
+        return
+    engine = get(config, f"{ROLLOUT}.name")
+    for key, only_for, is_on, why in _ROUTE_BREAKING_FEATURES:
+        if only_for is not None and engine != only_for:
+            continue
+        value = get(config, f"{ROLLOUT}.{key}")
+        if OmegaConf.is_config(value):
+            value = OmegaConf.to_container(value, resolve=True)
+        try:
+            on = is_on(value)
+        except (TypeError, ValueError):  # not a number: verl's own config classes refuse it by name
+            continue
+        if on:
+            yield ConfigIssue(
+                f"{ROLLOUT}.{key}", value, f"{ROUTE_RETURN_KEY}=true (routing_replay=R3) needs every token's routes "
+                f"from the rollout engine, and with this setting {why}", "its default, or routing_replay=R2 (routes recorded by the trainer)",
+            )
+
+
 def check_routing_replay(config) -> Iterator[ConfigIssue]:
     yield from check_unrouted_tolerance(config)
+    yield from check_route_return_features(config)
     strategy = get(config, f"{ACTOR}.strategy")
     own_key = replay_mode_key(strategy)
     modes = requested_modes(config, get)
