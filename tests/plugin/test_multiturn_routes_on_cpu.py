@@ -27,51 +27,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.plugin.inprocess_rollout import Handle, hf_cpu_server, local_client
+
 RESPONSE_LENGTH = 14
 PROMPT_LENGTH = 8
-
-
-class _Handle:
-    """The in-process server as verl's client reaches a Ray actor (``handle.generate.remote(...)``), aborting
-    requests on a plan: ``cuts`` holds, per request, None or the number of tokens after which the request is
-    interrupted. An interrupted request returns what an abort mid-decode returns: the tokens so far, their
-    log-probs and routes, ``stop_reason="aborted"``."""
-
-    def __init__(self, server):
-        self.server = server
-        self.cuts: list = []
-        self.generate = self
-
-    async def remote(self, *, prompt_ids, sampling_params, request_id, **kwargs):
-        cut = self.cuts.pop(0) if self.cuts else None
-        if cut is not None and cut < sampling_params["max_tokens"]:
-            out = await self.server.generate(
-                prompt_ids=prompt_ids,
-                request_id=request_id,
-                sampling_params={**sampling_params, "max_tokens": cut},
-                **kwargs,
-            )
-            out.stop_reason = "aborted"
-            return out
-        return await self.server.generate(
-            prompt_ids=prompt_ids,
-            sampling_params=sampling_params,
-            request_id=request_id,
-            **kwargs,
-        )
 
 
 def _client(handle):
     """verl's partial-rollout client, its load balancer replaced by the one in-process server."""
     from omegaconf import OmegaConf
-    from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
-
-    class LocalClient(FullyAsyncLLMServerClient):
-        async def _acquire_server(self, request_id, **extra):
-            return "local", handle
-
-        def _release_server(self, server_id, request_id=None):
-            return None
 
     config = OmegaConf.create(
         {
@@ -85,32 +49,12 @@ def _client(handle):
             "async_training": {"partial_rollout": True},
         }
     )
-    return LocalClient(config=config, load_balancer_handle=None)
+    return local_client(handle, config, partial_rollout=True)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_assets):
-    from verl.workers.config import HFModelConfig, RolloutConfig
-    from verl.workers.rollout.replica import RolloutMode
-
-    from verl_stable.cpu.rollout import HFCPURolloutServer
-
-    config = RolloutConfig(
-        name="hf_cpu",
-        dtype="float32",
-        prompt_length=PROMPT_LENGTH,
-        response_length=RESPONSE_LENGTH,
-        calculate_log_probs=True,
-        max_num_seqs=4,
-        tensor_model_parallel_size=1,
-        enable_rollout_routing_replay=True,
-    )
-    return HFCPURolloutServer(
-        config,
-        HFModelConfig(path=tiny_assets["model"]),
-        RolloutMode.HYBRID,
-        replica_rank=0,
-    )
+    return hf_cpu_server(tiny_assets["model"], PROMPT_LENGTH, RESPONSE_LENGTH)
 
 
 async def _trajectory(client, handle, prompt, turns, vocab):
@@ -135,10 +79,8 @@ async def _trajectory(client, handle, prompt, turns, vocab):
         )  # verl resumed the interrupted request up to the same budget
         turn_routes.append((len(prefix), out.routed_experts))
         prefix += out.token_ids
+        routes = out.routed_experts  # tool_agent_loop: agent_data.routed_experts = output.routed_experts
         mask += [1] * gen
-        routes = (
-            out.routed_experts
-        )  # tool_agent_loop: agent_data.routed_experts = output.routed_experts
         if len(mask) >= RESPONSE_LENGTH or tool == 0:
             break
         prefix += rng.integers(
@@ -172,7 +114,7 @@ def test_every_token_has_its_engine_route_or_a_counted_no_route(
     prompt = (
         np.random.default_rng(prompt_len).integers(3, vocab, size=prompt_len).tolist()
     )
-    handle = _Handle(server)
+    handle = Handle(server)
     prefix, mask, routes, turn_routes = asyncio.run(
         _trajectory(_client(handle), handle, prompt, turns, vocab)
     )
