@@ -4,17 +4,19 @@ for it, or with an explicit "no route" that the training engine counts (``tokens
 The real ``hf_cpu`` server (in-process, float32 so that a KV-cached decode and a full forward pick the same
 experts) generates each turn; verl 0.9.1's own ``FullyAsyncLLMServerClient.generate`` resumes interrupted
 generations and concatenates their routes (``workers/rollout/llm_server.py``); the multi-turn bookkeeping
-is verl's ``ToolAgentLoop`` rule (``experimental/agent_loop/tool_agent_loop.py``: each turn's
-``routed_experts`` replace the previous turn's, the final array is sliced to ``prompt + response_length``);
-``AgentLoopOutput.as_dict`` pads it (v1 trainer path, compact); the engine reads it with
-``codecs.from_engine`` as ``BatchReplay`` does. Ground truth: a teacher-forced forward of the final sequence
-recorded with the same model's recorder (R2-style).
+is the rule verl-stable puts into verl's ``ToolAgentLoop``
+(``verl_stable.integration.tool_agent_loop.merge_turn_routes``: each turn adds the rows past the tokens
+already routed; the final array is sliced to ``prompt + response_length``); ``AgentLoopOutput.as_dict`` pads
+it (v1 trainer path, compact); the engine reads it with ``codecs.from_engine`` as ``BatchReplay`` does.
+Ground truth: a teacher-forced forward of the final sequence recorded with the same model's recorder
+(R2-style).
 
-What this pins down (and why it holds for ``hf_cpu``): the server runs every turn's whole prefix through the
-model (no prefix cache), so the last turn's routes cover every earlier token -- the earlier turns' generated
-tokens and the tool tokens that later turns fed to the model -- and verl's "keep the last turn" loses
-nothing. Tokens the engine never ran are the last sampled token and any tool response after the last
-generation; they are rows without a route, counted, never zero-id routes.
+What this pins down: with fixed weights the server routes a token alike whichever turn runs it (float32, no
+prefix cache), so every routed token -- prompt, generated, tool tokens a later turn fed to the model -- has the
+route of a full forward, and the route its own turn produced. Tokens the engine never ran are the last sampled
+token and any tool response after the last generation; they are rows without a route, counted, never zero-id
+routes. (Turns that route earlier tokens differently -- weights updated between turns -- are
+``test_tool_agent_loop_routes_on_cpu.py``.)
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.plugin.inprocess_rollout import Handle, hf_cpu_server, local_client
+from verl_stable.integration.tool_agent_loop import merge_turn_routes
 
 RESPONSE_LENGTH = 14
 PROMPT_LENGTH = 8
@@ -52,6 +55,17 @@ def _client(handle):
     return local_client(handle, config, partial_rollout=True)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def compact_routes():
+    """The compact-routes row, installed (idempotent: the plugin did it when verl imported its agent loop, unless
+    an earlier test in this process left the import hook unfired)."""
+    import verl.experimental.agent_loop  # noqa: F401
+
+    from verl_stable import integration
+
+    assert integration.install("compact-routes-on-the-wire")
+
+
 @pytest.fixture(scope="module")
 def server(tiny_assets):
     return hf_cpu_server(tiny_assets["model"], PROMPT_LENGTH, RESPONSE_LENGTH)
@@ -59,9 +73,10 @@ def server(tiny_assets):
 
 async def _trajectory(client, handle, prompt, turns, vocab):
     """verl's ToolAgentLoop state machine reduced to what moves tokens and routes: generate (the full prefix as
-    the prompt), keep this turn's routes, stop at response_length or when no tool is called, else append the
-    tool response (response_mask 0) and generate again."""
-    prefix, mask, routes, turn_routes = list(prompt), [], None, []
+    the prompt), merge this turn's routes into the held ones (verl-stable's ``TurnRoutesMixin`` rule), stop at
+    response_length or when no tool is called, else append the tool response (response_mask 0) and generate
+    again."""
+    prefix, mask, routes, held_tokens, turn_routes = list(prompt), [], None, None, []
     rng = np.random.default_rng(len(turns))
     for gen, tool, cut in turns:
         handle.cuts = [cut]
@@ -78,8 +93,8 @@ async def _trajectory(client, handle, prompt, turns, vocab):
             len(out.token_ids) == gen
         )  # verl resumed the interrupted request up to the same budget
         turn_routes.append((len(prefix), out.routed_experts))
+        routes, held_tokens = merge_turn_routes(routes, held_tokens, prefix, out.token_ids, out.routed_experts)
         prefix += out.token_ids
-        routes = out.routed_experts  # tool_agent_loop: agent_data.routed_experts = output.routed_experts
         mask += [1] * gen
         if len(mask) >= RESPONSE_LENGTH or tool == 0:
             break
