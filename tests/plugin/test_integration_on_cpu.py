@@ -45,6 +45,7 @@ def cpu_process():
 
         def snapshot():
             from verl.experimental.agent_loop import agent_loop
+            from verl.experimental.agent_loop.agent_loop import _agent_loop_registry
             from verl.plugin.platform import PlatformRegistry
             from verl.trainer.ppo.core_algos import POLICY_LOSS_REGISTRY
             from verl.utils.distributed import initialize_global_process_group_ray
@@ -57,7 +58,8 @@ def cpu_process():
             return (dict(PlatformRegistry._platforms), engines, dict(RolloutReplicaRegistry._registry),
                     dict(_ROLLOUT_REGISTRY), initialize_global_process_group_ray.__defaults__,
                     dict(POLICY_LOSS_REGISTRY), agent_loop.AgentLoopOutput.as_dict,
-                    agent_loop.AgentLoopWorker._agent_loop_postprocess, list(sys.meta_path))
+                    agent_loop.AgentLoopWorker._agent_loop_postprocess, dict(_agent_loop_registry),
+                    list(sys.meta_path))
 
         before = snapshot()
         integration.install_all()
@@ -89,14 +91,15 @@ def test_every_row_is_installed_with_the_cpu_platform_unless_its_package_is_abse
         assert state == "installed", (shim.name, state, detail)
         assert installed[shim.name], shim.name
     for row in ("policy-losses", "cpu-platform", "cpu-gloo-backend", "cpu-engine", "cpu-rollout-replica",
-                "cpu-rollout-adapter", "fsdp-routing-replay", "compact-routes-on-the-wire"):  # fmt: skip
+                "cpu-rollout-adapter", "fsdp-routing-replay", "compact-routes-on-the-wire",
+                "multi-turn-routes"):  # fmt: skip
         assert installed[row], row
 
 
 def test_installing_twice_changes_nothing(cpu_process):
     *_, unchanged = cpu_process
     names = ["platforms", "engines", "replicas", "rollout adapters", "process-group defaults", "losses",
-             "as_dict", "_agent_loop_postprocess", "sys.meta_path"]  # fmt: skip
+             "as_dict", "_agent_loop_postprocess", "agent loops", "sys.meta_path"]  # fmt: skip
     assert dict(zip(names, unchanged)) == dict.fromkeys(names, True)
 
 
@@ -133,7 +136,7 @@ def test_the_cpu_rows_raise_and_the_others_warn_or_log_as_before():
     assert {name for name, p in policies.items() if p is OnMismatch.RAISE} == {
         "cpu-platform", "cpu-gloo-backend", "cpu-engine", "cpu-rollout-replica", "cpu-rollout-adapter"}  # fmt: skip
     assert policies["fsdp-routing-replay"] is policies["rollout-route-decoding"] is OnMismatch.WARN
-    assert policies["compact-routes-on-the-wire"] is OnMismatch.WARN
+    assert policies["compact-routes-on-the-wire"] is policies["multi-turn-routes"] is OnMismatch.WARN
     assert policies["vllm-monolithic-route-capture"] is OnMismatch.LOG
     assert policies["policy-losses"] is None  # a registry use with no version gate
 

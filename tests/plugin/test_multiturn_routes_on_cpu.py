@@ -4,17 +4,19 @@ for it, or with an explicit "no route" that the training engine counts (``tokens
 The real ``hf_cpu`` server (in-process, float32 so that a KV-cached decode and a full forward pick the same
 experts) generates each turn; verl 0.9.1's own ``FullyAsyncLLMServerClient.generate`` resumes interrupted
 generations and concatenates their routes (``workers/rollout/llm_server.py``); the multi-turn bookkeeping
-is verl's ``ToolAgentLoop`` rule (``experimental/agent_loop/tool_agent_loop.py``: each turn's
-``routed_experts`` replace the previous turn's, the final array is sliced to ``prompt + response_length``);
-``AgentLoopOutput.as_dict`` pads it (v1 trainer path, compact); the engine reads it with
-``codecs.from_engine`` as ``BatchReplay`` does. Ground truth: a teacher-forced forward of the final sequence
-recorded with the same model's recorder (R2-style).
+is the rule verl-stable puts into verl's ``ToolAgentLoop``
+(``verl_stable.integration.tool_agent_loop.merge_turn_routes``: each turn adds the rows past the tokens
+already routed; the final array is sliced to ``prompt + response_length``); ``AgentLoopOutput.as_dict`` pads
+it (v1 trainer path, compact); the engine reads it with ``codecs.from_engine`` as ``BatchReplay`` does.
+Ground truth: a teacher-forced forward of the final sequence recorded with the same model's recorder
+(R2-style).
 
-What this pins down (and why it holds for ``hf_cpu``): the server runs every turn's whole prefix through the
-model (no prefix cache), so the last turn's routes cover every earlier token -- the earlier turns' generated
-tokens and the tool tokens that later turns fed to the model -- and verl's "keep the last turn" loses
-nothing. Tokens the engine never ran are the last sampled token and any tool response after the last
-generation; they are rows without a route, counted, never zero-id routes.
+What this pins down: with fixed weights the server routes a token alike whichever turn runs it (float32, no
+prefix cache), so every routed token -- prompt, generated, tool tokens a later turn fed to the model -- has the
+route of a full forward, and the route its own turn produced. Tokens the engine never ran are the last sampled
+token and any tool response after the last generation; they are rows without a route, counted, never zero-id
+routes. (Turns that route earlier tokens differently -- weights updated between turns -- are
+``test_tool_agent_loop_routes_on_cpu.py``.)
 """
 
 from __future__ import annotations
@@ -27,51 +29,16 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.plugin.inprocess_rollout import Handle, hf_cpu_server, local_client
+from verl_stable.integration.tool_agent_loop import merge_turn_routes
+
 RESPONSE_LENGTH = 14
 PROMPT_LENGTH = 8
-
-
-class _Handle:
-    """The in-process server as verl's client reaches a Ray actor (``handle.generate.remote(...)``), aborting
-    requests on a plan: ``cuts`` holds, per request, None or the number of tokens after which the request is
-    interrupted. An interrupted request returns what an abort mid-decode returns: the tokens so far, their
-    log-probs and routes, ``stop_reason="aborted"``."""
-
-    def __init__(self, server):
-        self.server = server
-        self.cuts: list = []
-        self.generate = self
-
-    async def remote(self, *, prompt_ids, sampling_params, request_id, **kwargs):
-        cut = self.cuts.pop(0) if self.cuts else None
-        if cut is not None and cut < sampling_params["max_tokens"]:
-            out = await self.server.generate(
-                prompt_ids=prompt_ids,
-                request_id=request_id,
-                sampling_params={**sampling_params, "max_tokens": cut},
-                **kwargs,
-            )
-            out.stop_reason = "aborted"
-            return out
-        return await self.server.generate(
-            prompt_ids=prompt_ids,
-            sampling_params=sampling_params,
-            request_id=request_id,
-            **kwargs,
-        )
 
 
 def _client(handle):
     """verl's partial-rollout client, its load balancer replaced by the one in-process server."""
     from omegaconf import OmegaConf
-    from verl.workers.rollout.llm_server import FullyAsyncLLMServerClient
-
-    class LocalClient(FullyAsyncLLMServerClient):
-        async def _acquire_server(self, request_id, **extra):
-            return "local", handle
-
-        def _release_server(self, server_id, request_id=None):
-            return None
 
     config = OmegaConf.create(
         {
@@ -85,39 +52,31 @@ def _client(handle):
             "async_training": {"partial_rollout": True},
         }
     )
-    return LocalClient(config=config, load_balancer_handle=None)
+    return local_client(handle, config, partial_rollout=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compact_routes():
+    """The compact-routes row, installed (idempotent: the plugin did it when verl imported its agent loop, unless
+    an earlier test in this process left the import hook unfired)."""
+    import verl.experimental.agent_loop  # noqa: F401
+
+    from verl_stable import integration
+
+    assert integration.install("compact-routes-on-the-wire")
 
 
 @pytest.fixture(scope="module")
 def server(tiny_assets):
-    from verl.workers.config import HFModelConfig, RolloutConfig
-    from verl.workers.rollout.replica import RolloutMode
-
-    from verl_stable.cpu.rollout import HFCPURolloutServer
-
-    config = RolloutConfig(
-        name="hf_cpu",
-        dtype="float32",
-        prompt_length=PROMPT_LENGTH,
-        response_length=RESPONSE_LENGTH,
-        calculate_log_probs=True,
-        max_num_seqs=4,
-        tensor_model_parallel_size=1,
-        enable_rollout_routing_replay=True,
-    )
-    return HFCPURolloutServer(
-        config,
-        HFModelConfig(path=tiny_assets["model"]),
-        RolloutMode.HYBRID,
-        replica_rank=0,
-    )
+    return hf_cpu_server(tiny_assets["model"], PROMPT_LENGTH, RESPONSE_LENGTH)
 
 
 async def _trajectory(client, handle, prompt, turns, vocab):
     """verl's ToolAgentLoop state machine reduced to what moves tokens and routes: generate (the full prefix as
-    the prompt), keep this turn's routes, stop at response_length or when no tool is called, else append the
-    tool response (response_mask 0) and generate again."""
-    prefix, mask, routes, turn_routes = list(prompt), [], None, []
+    the prompt), merge this turn's routes into the held ones (verl-stable's ``TurnRoutesMixin`` rule), stop at
+    response_length or when no tool is called, else append the tool response (response_mask 0) and generate
+    again."""
+    prefix, mask, routes, held_tokens, turn_routes = list(prompt), [], None, None, []
     rng = np.random.default_rng(len(turns))
     for gen, tool, cut in turns:
         handle.cuts = [cut]
@@ -134,11 +93,9 @@ async def _trajectory(client, handle, prompt, turns, vocab):
             len(out.token_ids) == gen
         )  # verl resumed the interrupted request up to the same budget
         turn_routes.append((len(prefix), out.routed_experts))
+        routes, held_tokens = merge_turn_routes(routes, held_tokens, prefix, out.token_ids, out.routed_experts)
         prefix += out.token_ids
         mask += [1] * gen
-        routes = (
-            out.routed_experts
-        )  # tool_agent_loop: agent_data.routed_experts = output.routed_experts
         if len(mask) >= RESPONSE_LENGTH or tool == 0:
             break
         prefix += rng.integers(
@@ -172,7 +129,7 @@ def test_every_token_has_its_engine_route_or_a_counted_no_route(
     prompt = (
         np.random.default_rng(prompt_len).integers(3, vocab, size=prompt_len).tolist()
     )
-    handle = _Handle(server)
+    handle = Handle(server)
     prefix, mask, routes, turn_routes = asyncio.run(
         _trajectory(_client(handle), handle, prompt, turns, vocab)
     )

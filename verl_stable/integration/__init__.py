@@ -241,6 +241,21 @@ SHIMS: tuple[Shim, ...] = (
         after_import="verl.experimental.agent_loop.agent_loop",
     ),
     Shim(
+        name="multi-turn-routes",
+        target="verl.experimental.agent_loop.agent_loop._agent_loop_registry['tool_agent'] (register: verl's "
+        "ToolAgentLoop + TurnRoutesMixin)",
+        kind="registry",
+        feature="multi-turn routes kept per turn (tool agent loop, routing_replay=R3)",
+        install=_call("verl_stable.integration.tool_agent_loop", "install"),
+        is_installed=_call("verl_stable.integration.tool_agent_loop", "is_installed"),
+        upstream="verl: ToolAgentLoop._handle_generating_state keeps the routes earlier turns returned and appends "
+        "only the new output's rows past them, instead of agent_data.routed_experts = output.routed_experts "
+        "(verl-project/verl#6054)",
+        gate=_VERL, on_mismatch=OnMismatch.WARN,
+        skipped="not registered, verl's tool agent loop keeps only the last turn's routes",
+        after_import="verl.experimental.agent_loop.tool_agent_loop",
+    ),
+    Shim(
         name="vllm-monolithic-route-capture",
         target="vllm MoERunner._apply_quant_method (wrapped)",
         kind="patch",
