@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,7 +13,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from verl_stable.lab import model as lab_model
 from verl_stable.lab import task
 
-QUICK = {"seed": 0, "sft_steps": 30, "batch": 32, "lr": 3e-3, "label_smoothing": 0.0, "label_noise": 0.0, "stop_at_loss": None}
+QUICK = {"seed": 0, "sft_steps": 30, "batch": 32, "lr": 3e-3, "label_smoothing": 0.0, "label_noise": 0.0,
+         "sft_threads": 1, "loss_check": None}
 
 
 @pytest.fixture
@@ -106,7 +108,10 @@ def test_every_cold_start_and_mismatch_setting_is_well_formed():
     from verl_stable.cpu.hf_engine import SUPPORTED_QUANTIZATION
 
     for name in lab_model.COLD_STARTS:
-        assert lab_model.recipe(name)["sft_steps"] > 0
+        spec = lab_model.recipe(name)
+        assert spec["sft_steps"] > 0 and spec["sft_threads"] >= 1, name
+    # the seed comparison varies the seed alone: one fixed length for default, seed1, seed2
+    assert len({lab_model.recipe(name)["sft_steps"] for name in ("default", "seed1", "seed2")}) == 1
     assert lab_model.DEFAULT_MISMATCH in lab_model.MISMATCH_SETTINGS
     for name, overrides in lab_model.MISMATCH_SETTINGS.items():
         quant = [
@@ -120,14 +125,45 @@ def test_every_cold_start_and_mismatch_setting_is_well_formed():
         ), name
 
 
-def test_sft_stops_once_the_loss_reaches_the_recipe_target(tmp_path, monkeypatch):
+def _marker(built: str) -> dict:
+    return json.loads((Path(built) / lab_model.MARKER).read_text())
+
+
+def test_sft_runs_exactly_the_recipe_steps_whatever_the_loss(tmp_path, monkeypatch, quick_cold_starts):
+    """The loss is a check, never a stopping rule: a loss below the check from the first step (where the old rule
+    stopped after STOP_WINDOW steps) and a loss that never reaches it both run all of ``sft_steps``."""
+    monkeypatch.setitem(lab_model.COLD_STARTS, "passes", {**QUICK, "sft_steps": 40, "loss_check": 10.0})
+    monkeypatch.setitem(lab_model.COLD_STARTS, "misses", {**QUICK, "sft_steps": 40, "loss_check": 0.0})
+    passes = _marker(lab_model.build_lab_model(tmp_path, cold_start="passes"))
+    assert passes["sft_steps_run"] == 40 > lab_model.STOP_WINDOW and passes["loss_check_passed"] is True
+    assert passes["sft_loss_first"] < 10.0  # an untrained model starts near ln(vocab) ~ 3
     lines = []
-    recipe = {**QUICK, "sft_steps": 400, "stop_at_loss": 2.0}
-    monkeypatch.setitem(lab_model.COLD_STARTS, "stops_early", recipe)
-    built = lab_model.build_lab_model(tmp_path, cold_start="stops_early", log=lines.append)
-    marker = json.loads((tmp_path / built.split("/")[-1] / lab_model.MARKER).read_text())
-    assert lab_model.STOP_WINDOW <= marker["sft_steps_run"] < 400  # an untrained model starts near ln(vocab) > 2
-    assert lines and lines[-1].startswith(f"{marker['sft_steps_run']} SFT steps, final loss")
+    misses = _marker(lab_model.build_lab_model(tmp_path, cold_start="misses", log=lines.append))
+    assert misses["sft_steps_run"] == 40 and misses["loss_check_passed"] is False
+    assert any(line.startswith("40 SFT steps on 1 thread(s), final loss") for line in lines)
+    assert "above the recipe's check 0.0" in lines[-1]
+    assert _marker(lab_model.build_lab_model(tmp_path, cold_start="quick"))["loss_check_passed"] is None
+
+
+def test_the_build_is_bitwise_the_same_under_any_process_thread_count(tmp_path, quick_cold_starts):
+    """The build runs on the recipe's ``sft_threads`` whatever the process's torch thread count, and restores it."""
+    before = torch.get_num_threads()
+    built = {}
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            built[n] = lab_model.build_lab_model(tmp_path / f"threads{n}", cold_start="quick")
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+    assert _marker(built[1])["recipe"]["sft_threads"] == 1
+    a = AutoModelForCausalLM.from_pretrained(built[1]).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(built[2]).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="sft_threads"):
+        with lab_model.torch_threads(0):
+            pass
+    assert torch.get_num_threads() == before
 
 
 def test_label_smoothing_spreads_mass_over_answers_only():
