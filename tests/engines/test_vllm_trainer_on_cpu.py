@@ -134,3 +134,22 @@ def test_r3_without_the_capture_hook_is_stopped_by_the_coverage_guard(tmp_path, 
     assert "UnroutedTokensError" in log and "vllm-project/vllm#44116" in log, log[-4000:]
     shown = done.stdout + done.stderr  # the launcher names the failure in its own summary too
     assert "UnroutedTokensError" in shown or "without a route" in shown, shown[-3000:]
+
+
+@pytest.mark.vllm_extra
+def test_the_lab_runs_on_vllm(tmp_path):
+    """``lab --mismatch vllm-fp32`` in the tier: the lab's own cold start (head_dim 32) served by vLLM through
+    verl's trainer, R3 on; at fp32 on both sides the measured training-inference gap vanishes."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
+    env.pop("PYTHONPATH", None)
+    out = tmp_path / "lab"
+    done = subprocess.run(
+        [str(VLLM_PYTHON), "-m", "verl_stable.lab", "--quick", "--variants", "minirl_r3", "--steps", "1",
+         "--mismatch", "vllm-fp32", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = [r["data"] for r in read_metrics(out / "runs" / "minirl_r3" / "metrics.jsonl") if r.get("step") == 1]
+    row = next(r for r in rows if "rollout_corr/k3_kl" in r)
+    assert abs(row["rollout_corr/k3_kl"]) <= 1e-6, row["rollout_corr/k3_kl"]
+    assert row["actor/routing/old_pass/tokens_mismatch_any_layer"] == 0.0

