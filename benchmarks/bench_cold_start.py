@@ -74,6 +74,7 @@ def main() -> None:
     p.add_argument("--cold-start", default="default", choices=sorted(lab_model.COLD_STARTS))
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before the build")
     p.add_argument("--steps", type=int, default=None, help="override the recipe's sft_steps")
+    p.add_argument("--lr-decay-from", type=float, default=None, help="override the recipe's lr_decay_from")
     p.add_argument("--sft-threads", type=int, default=None, help="override the recipe's sft_threads")
     p.add_argument("--eval-at", default="", help="also measure the model after these steps, e.g. 762,1096")
     p.add_argument("--k", type=int, default=task.EVAL_K, help="samples per held-out problem")
@@ -90,6 +91,8 @@ def main() -> None:
         spec["sft_steps"] = args.steps
     if args.sft_threads is not None:
         spec["sft_threads"] = args.sft_threads
+    if args.lr_decay_from is not None:
+        spec["lr_decay_from"] = args.lr_decay_from
     eval_at = sorted(int(s) for s in args.eval_at.split(",") if s)
 
     # The lab's build (lab_model.build_model), with a hook on the batch sampler that snapshots the weights
@@ -127,6 +130,7 @@ def main() -> None:
         "sft_threads": spec["sft_threads"],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "sft_steps_run": len(losses),
+        "lr_decay_from": spec["lr_decay_from"],
         "final_loss": round(tiny_moe.recent_loss(losses), 4),
         "loss_check_passed": lab_model.loss_check(spec, losses),
         "first_step_at_or_below_0.95": next(

@@ -8,7 +8,7 @@ from verl_stable.lab import model as lab_model
 
 #: A short SFT: the lab's architecture and task, sampled answers right only some of the time.
 WEAK_COLD_START = {"seed": 0, "sft_steps": 60, "batch": 32, "lr": 3e-3, "label_smoothing": 0.0, "label_noise": 0.0,
-                   "sft_threads": 1, "loss_check": None}
+                   "sft_threads": 1, "loss_check": None, "lr_decay_from": 1.0}
 
 
 @pytest.fixture(scope="session")

@@ -14,7 +14,7 @@ from verl_stable.lab import model as lab_model
 from verl_stable.lab import task
 
 QUICK = {"seed": 0, "sft_steps": 30, "batch": 32, "lr": 3e-3, "label_smoothing": 0.0, "label_noise": 0.0,
-         "sft_threads": 1, "loss_check": None}
+         "sft_threads": 1, "loss_check": None, "lr_decay_from": 0.5}
 
 
 @pytest.fixture
@@ -123,6 +123,60 @@ def test_every_cold_start_and_mismatch_setting_is_well_formed():
             len(quant) == 1
             and (None if quant[0] == "null" else quant[0]) in SUPPORTED_QUANTIZATION
         ), name
+
+
+def test_the_sft_lr_is_constant_then_falls_linearly_to_near_zero():
+    spec = lab_model.recipe("default")
+    steps, lr = spec["sft_steps"], spec["lr"]
+    constant = round(spec["lr_decay_from"] * steps)
+    assert 0 < constant < steps
+    lrs = [lab_model.sft_lr(spec, t) for t in range(1, steps + 1)]
+    assert lrs[:constant] == [lr] * constant  # the same float: the constant part's bits are the old build's
+    tail = lrs[constant:]
+    assert all(a > b for a, b in zip(tail, tail[1:])) and tail[0] < lr
+    n = steps - constant
+    assert tail[0] == pytest.approx(lr * n / (n + 1)) and tail[-1] == pytest.approx(lr / (n + 1))
+    assert 0 < tail[-1] < lr / 100
+    # 1,260 steps decaying from 0.6: constant to step 756, half the lr at step 1,008
+    if (steps, spec["lr_decay_from"]) == (1260, 0.6):
+        assert constant == 756 and lab_model.sft_lr(spec, 1008) == pytest.approx(lr * 253 / 505)
+    flat = {**spec, "lr_decay_from": 1.0}
+    assert {lab_model.sft_lr(flat, t) for t in (1, steps // 2, steps)} == {lr}
+    for name in lab_model.COLD_STARTS:  # every recipe ends with a small lr
+        s = lab_model.recipe(name)
+        assert lab_model.sft_lr(s, s["sft_steps"]) < s["lr"] / 10, name
+    with pytest.raises(ValueError, match="step"):
+        lab_model.sft_lr(spec, steps + 1)
+    with pytest.raises(ValueError, match="lr_decay_from"):
+        lab_model.sft_lr({**spec, "lr_decay_from": 1.5}, 1)
+
+
+def test_sft_sets_each_steps_lr_from_the_schedule():
+    from types import SimpleNamespace
+
+    from verl_stable.tasks import tiny_moe
+
+    class Linear(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.w = torch.nn.Linear(2, 1)
+
+        def forward(self, input_ids, labels):
+            return SimpleNamespace(loss=((self.w(input_ids) - labels) ** 2).mean())
+
+    def batch():
+        return torch.ones(4, 2), torch.zeros(4, 1)
+
+    seen = []
+    frozen = Linear()
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    tiny_moe.sft(frozen, batch, steps=3, lr=1e-2, lr_at=lambda step: seen.append(step) or 0.0)
+    assert seen == [1, 2, 3]
+    assert all(torch.equal(before[k], v) for k, v in frozen.state_dict().items())  # lr 0: no step moves
+    moved = Linear()
+    tiny_moe.sft(moved, batch, steps=3, lr=1e-2)
+    assert not torch.equal(before["w.weight"], moved.state_dict()["w.weight"])
 
 
 def _marker(built: str) -> dict:

@@ -25,7 +25,8 @@ from verl_stable.tasks.tiny_moe import STOP_WINDOW, recipe_hash, smoothed_answer
 #: Model size: 2 layers, hidden 128, 8 experts, top-2 (every layer sparse).
 MODEL_CONFIG = {"num_layers": 2, "hidden": 128, "num_experts": 8, "top_k": 2}
 
-#: Cold-start recipes: exactly ``sft_steps`` supervised steps of ``batch`` sequences at ``lr``, run on
+#: Cold-start recipes: exactly ``sft_steps`` supervised steps of ``batch`` sequences at ``lr`` (decayed over the last
+#: ``1 - lr_decay_from`` of them), run on
 #: ``sft_threads`` torch threads (set for the build, restored after). The step count is fixed: where the loss
 #: leaves its plateau depends on the last bits of every matmul, so a loss-based stopping rule stopped the default
 #: cold start after 762 to 1,260 steps depending on the machine's kernels and thread count (README, "The CPU lab").
@@ -42,8 +43,11 @@ MODEL_CONFIG = {"num_layers": 2, "hidden": 128, "num_experts": 8, "top_k": 2}
 #: on the measured machines, kernels and thread counts (762 to 1,260); ``seed1`` and ``seed2`` share the
 #: length (that rule stopped them at 736 and 847 on one thread), so the comparison varies the seed alone.
 #: Different CPU kernels (AVX2 vs AVX-512) still give different bits at the same length: the step count holds
-#: across machines, the weights only where the kernels agree (README, "The CPU lab"). ``short`` runs 700 steps,
-#: on the plateau; ``ci`` is ``verl-stable lab --quick``'s (a pipeline check, not a learner).
+#: across machines, the weights only where the kernels agree (README, "The CPU lab"). So the end state is made
+#: robust instead: ``lr`` is constant for the first ``lr_decay_from`` of the steps, then falls linearly to near 0
+#: (:func:`sft_lr`), so the build ends settled rather than wherever Adam's constant-lr oscillation (loss spikes)
+#: leaves it on a given machine's kernels. ``short`` runs 700 steps, on the plateau; ``ci`` is
+#: ``verl-stable lab --quick``'s (a pipeline check, not a learner).
 _BASE = {
     "seed": 0,
     "sft_steps": 1260,
@@ -51,6 +55,7 @@ _BASE = {
     "loss_check": 0.95,
     "batch": 64,
     "lr": 3e-3,
+    "lr_decay_from": 0.6,
     "label_smoothing": 0.2,
     "label_noise": 0.0,
 }
@@ -67,8 +72,8 @@ COLD_STARTS[CI_COLD_START] = {**_BASE, "sft_steps": 150, "loss_check": None}
 GRID_COLD_STARTS = tuple(c for c in COLD_STARTS if c != CI_COLD_START)
 _RECIPE_KEYS = set(_BASE)
 #: Bumped whenever the build code changes what a recipe produces (part of the cache key). 5: fixed SFT length and
-#: thread count (a loss-stopped build of version 4 is never reused).
-BUILD_VERSION = 5
+#: thread count (a loss-stopped build of version 4 is never reused). 6: the lr decays over the last steps.
+BUILD_VERSION = 6
 MARKER = tiny_moe.MARKER
 
 #: Training–inference mismatch dial: Hydra overrides of the hf_cpu rollout per setting, weakest first (the
@@ -310,7 +315,24 @@ def cold_start_sft(model, tokenizer, spec: dict, log=None) -> list[float]:
         label_smoothing=spec["label_smoothing"],
         stop_at_loss=None,
         log=log,
+        lr_at=lambda step: sft_lr(spec, step),
     )
+
+
+def sft_lr(spec: dict, step: int) -> float:
+    """The learning rate of SFT step ``step`` (1 to ``spec["sft_steps"]``): ``spec["lr"]`` for the first
+    ``round(lr_decay_from * sft_steps)`` steps, then falling linearly over the ``n`` remaining ones,
+    ``lr * n / (n + 1)`` on the first of them to ``lr / (n + 1)`` on the last (``lr_decay_from`` 1: constant)."""
+    steps, lr = spec["sft_steps"], spec["lr"]
+    if not 1 <= step <= steps:
+        raise ValueError(f"step={step!r}: the recipe runs steps 1 to {steps}")
+    if not 0.0 <= spec["lr_decay_from"] <= 1.0:
+        raise ValueError(f"lr_decay_from={spec['lr_decay_from']!r}: expected a fraction of the steps in [0, 1]")
+    constant = round(spec["lr_decay_from"] * steps)
+    if step <= constant:
+        return lr
+    n = steps - constant
+    return lr * (steps - step + 1) / (n + 1)
 
 
 def describe(cold_start: str = "default") -> str:
@@ -319,6 +341,6 @@ def describe(cold_start: str = "default") -> str:
     return (
         f"Qwen3-MoE, {c['num_layers']} layers, hidden {c['hidden']}, {c['num_experts']} experts top-{c['top_k']}; "
         f"cold start `{cold_start}`: SFT on {spec['batch']} problems a step, {spec['sft_steps']} steps "
-        f"on {spec['sft_threads']} thread(s)"
+        f"on {spec['sft_threads']} thread(s), lr {spec['lr']} for {spec['lr_decay_from']:.0%} of them then decaying linearly to ~0"
         + f", label smoothing {spec['label_smoothing']} over the answer alphabet"
     )

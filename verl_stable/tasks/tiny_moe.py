@@ -140,6 +140,7 @@ def sft(
     label_smoothing: float = 0.0,
     stop_at_loss: Optional[float] = None,
     log: Optional[Callable[[str], None]] = None,
+    lr_at: Optional[Callable[[int], float]] = None,
 ) -> list[float]:
     """Supervised steps with AdamW; returns the loss per step.
 
@@ -147,7 +148,8 @@ def sft(
     is taken. Without ``answer_alphabet`` the loss is the model's own cross-entropy; with it, the target keeps
     ``1 - label_smoothing`` on the right token and spreads the rest over that alphabet
     (:func:`smoothed_answer_loss`). ``stop_at_loss`` ends the run once the mean of the last :data:`STOP_WINDOW`
-    losses reaches it; ``log(line)`` gets progress every 250 steps.
+    losses reaches it; ``log(line)`` gets progress every 250 steps. ``lr_at(step)`` (steps count from 1) is
+    that step's learning rate, a schedule (None: ``lr`` throughout).
     """
     import torch
 
@@ -165,6 +167,9 @@ def sft(
             loss = smoothed_answer_loss(model(input_ids=ids).logits, labels, alphabet, label_smoothing)
         optim.zero_grad()
         loss.backward()
+        if lr_at is not None:
+            for group in optim.param_groups:
+                group["lr"] = lr_at(step)
         optim.step()
         losses.append(loss.item())
         recent = recent_loss(losses)
