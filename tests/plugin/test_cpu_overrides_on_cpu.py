@@ -34,3 +34,18 @@ def test_launch_only_and_recipe_only_settings_stay_on_their_side(tmp_path):
     assert "ray_kwargs.ray_init.num_cpus" in keys and "trainer.resume_mode" not in keys
     recipe = co.cpu_recipe()
     assert "num_cpus" not in recipe and "resume_mode: auto" in recipe
+
+
+def test_the_demo_header_describes_the_model_and_rollout_it_was_given(tmp_path):
+    """A ``model.path`` override (e.g. a head_dim-64 model for vLLM) is described from its own config, not as the
+    demo's built-in model; an unreadable one is named by its path."""
+    import json
+
+    from verl_stable.apps.demo import _describe_model
+
+    assert _describe_model(None).startswith("tiny Qwen3-MoE (2 layers, 4 experts")
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "qwen3_moe", "num_hidden_layers": 3, "num_experts": 8, "num_experts_per_tok": 2}
+    ))
+    assert _describe_model(str(tmp_path)) == f"qwen3_moe (3 layers, 8 experts, top-2) from {tmp_path}"
+    assert _describe_model(str(tmp_path / "missing")) == f"model {tmp_path / 'missing'}"

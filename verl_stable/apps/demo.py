@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import os
 import sys
 import time
@@ -36,6 +37,21 @@ def _override_value(overrides: list[str], key: str):
         if item.lstrip("+~").split("=", 1)[0] == key and "=" in item:
             return item.split("=", 1)[1]
     return None
+
+
+def _describe_model(path: str | None) -> str:
+    """The header's model line: the demo's own tiny model, or what a ``model.path`` override's config says."""
+    if path is None:
+        return "tiny Qwen3-MoE (2 layers, 4 experts, top-2)"
+    try:
+        config = json.loads((Path(path) / "config.json").read_text())
+    except (OSError, ValueError):
+        return f"model {path}"
+    experts = config.get("num_experts") or config.get("num_local_experts")
+    shape = f"{config.get('num_hidden_layers', '?')} layers" + (
+        f", {experts} experts, top-{config.get('num_experts_per_tok', '?')}" if experts else ""
+    )
+    return f"{config.get('model_type', 'model')} ({shape}) from {path}"
 
 
 def parse_args(argv: list[str] | None = None):
@@ -186,8 +202,11 @@ def _main(argv: list[str] | None = None) -> int:
         return validation.EXIT_CONFIG_ERROR
     trainer = "legacy loop" if str(_override_value(user, "trainer.use_v1")).lower() == "false" else "v1 trainer"
     print(f"[demo] python -m verl_stable.main {' '.join(preset + user) or 'algorithm=minirl'}  (+ CPU settings)")
-    print(f"[demo] tiny Qwen3-MoE (2 layers, 4 experts, top-2), addition, {args.prompts} prompts x {GROUP_SIZE} "
-          f"per step, {total} steps, verl {trainer}, {ROLLOUT_NAME} rollout ({args.quantization or 'bf16'} weights)")
+    rollout = _override_value(user, "actor_rollout_ref.rollout.name") or ROLLOUT_NAME
+    weights = args.quantization or _override_value(user, "actor_rollout_ref.rollout.dtype") or "bf16"
+    print(f"[demo] {_describe_model(_override_value(user, 'actor_rollout_ref.model.path'))}, addition, "
+          f"{args.prompts} prompts x {GROUP_SIZE} per step, {total} steps, verl {trainer}, {rollout} rollout "
+          f"({weights} weights)")
     print(f"[demo] run dir {run_dir}: train.log (verl's full output), metrics.jsonl, checkpoints/, hydra/")
     print("[demo] stale updates: actor_rollout_ref.actor.ppo_mini_batch_size=2 (2 updates per step); "
           "full output on screen: VERBOSE=1")
