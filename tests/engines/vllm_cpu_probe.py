@@ -13,24 +13,14 @@ import sys
 
 def main() -> None:
     import numpy as np
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
+    from vllm_probe_engine import build_llm
 
     model_dir, prompts = sys.argv[1], json.loads(sys.argv[2])
     options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
     extra = {"block_size": options["block_size"]} if "block_size" in options else {}
-    llm = LLM(
-        model=model_dir,
-        dtype="float32",  # the test compares routes with a float32 transformers forward: no near-tie flips
-        enable_return_routed_experts=True,
-        enable_prefix_caching=True,  # vLLM's and verl's default, said explicitly: the prefix-cache test needs it
-        max_model_len=128,
-        max_num_seqs=len(prompts),
-        enforce_eager=True,
-        gpu_memory_utilization=0.2,  # on CPU: the share of host memory vLLM reserves
-        skip_tokenizer_init=True,
-        seed=0,
-        **extra,
-    )
+    # float32: the test compares routes with a float32 transformers forward, no near-tie flips
+    llm = build_llm(model_dir, dtype="float32", max_num_seqs=len(prompts), **extra)
     for round_ in range(options.get("rounds", 1)):
         params = SamplingParams(
             max_tokens=options.get("max_tokens", 12), temperature=1.0, logprobs=0, seed=round_, detokenize=False

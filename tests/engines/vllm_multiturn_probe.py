@@ -9,22 +9,12 @@ import sys
 
 def main() -> None:
     import numpy as np
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
+    from vllm_probe_engine import build_llm
 
     model_dir, dtype, prompts, tool_ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
-    llm = LLM(
-        model=model_dir,
-        dtype=dtype,
-        enable_return_routed_experts=True,
-        enable_prefix_caching=True,
-        block_size=16,  # small blocks: turn 2 hits the prefix cache turn 1 left
-        max_model_len=128,
-        max_num_seqs=len(prompts),
-        enforce_eager=True,
-        gpu_memory_utilization=0.2,  # on CPU: the share of host memory vLLM reserves
-        skip_tokenizer_init=True,
-        seed=0,
-    )
+    # small blocks: turn 2 hits the prefix cache turn 1 left
+    llm = build_llm(model_dir, dtype=dtype, max_num_seqs=len(prompts), block_size=16)
     params = SamplingParams(max_tokens=8, temperature=1.0, seed=0, detokenize=False, ignore_eos=True)
     sent = [list(p) for p in prompts]
     for turn in range(2):
