@@ -169,6 +169,13 @@ def _no_vllm() -> Optional[str]:
 
 
 #: every process-wide touch of verl / vLLM, in install order
+#: What every row installed by vLLM's plugin loader shares: gated on vLLM 0.24.x (a log line elsewhere), not
+#: applicable without vLLM, installed in vLLM's own processes.
+_VLLM_PLUGIN_ROW = dict(
+    gate=_VLLM_MONOLITHIC, on_mismatch=OnMismatch.LOG, skipped="left as vLLM does it", not_applicable=_no_vllm,
+    entry_point=VLLM_PLUGINS,
+)
+
 SHIMS: tuple[Shim, ...] = (
     Shim(
         name="policy-losses",
@@ -264,9 +271,7 @@ SHIMS: tuple[Shim, ...] = (
         is_installed=_call("verl_stable.integration.vllm_capture", "is_installed"),
         upstream="vLLM: the monolithic branch of _apply_quant_method calls the router's capture "
         "(vllm-project/vllm#44116)",
-        gate=_VLLM_MONOLITHIC, on_mismatch=OnMismatch.LOG, skipped="left as vLLM does it",
-        not_applicable=_no_vllm,
-        entry_point=VLLM_PLUGINS,
+        **_VLLM_PLUGIN_ROW,
     ),
     Shim(
         name="vllm-cpu-moe-silu",
@@ -277,9 +282,7 @@ SHIMS: tuple[Shim, ...] = (
         is_installed=_call("verl_stable.integration.vllm_cpu", "is_installed"),
         upstream="vLLM: map SILU to the static SiluAndMul.forward_native in _CPU_MOE_ACT_FN, as the table's comment "
         "asks (its CustomOp raises 'Current vLLM config is not set' at forward time)",
-        gate=_VLLM_MONOLITHIC, on_mismatch=OnMismatch.LOG, skipped="left as vLLM does it",
-        not_applicable=_no_vllm,
-        entry_point=VLLM_PLUGINS,
+        **_VLLM_PLUGIN_ROW,
     ),
     Shim(
         name="vllm-cpu-reloadable-weights",
@@ -291,9 +294,7 @@ SHIMS: tuple[Shim, ...] = (
         is_installed=_call("verl_stable.integration.vllm_cpu", "weights_reloadable"),
         upstream="vLLM: re-run process_weights_after_loading after load_weights on CPU (or keep the unpacked "
         "weight) so that weight updates reach the prepacked oneDNN / grouped-GEMM copies",
-        gate=_VLLM_MONOLITHIC, on_mismatch=OnMismatch.LOG, skipped="left as vLLM does it",
-        not_applicable=_no_vllm,
-        entry_point=VLLM_PLUGINS,
+        **_VLLM_PLUGIN_ROW,
     ),
 )
 
