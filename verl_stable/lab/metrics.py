@@ -51,6 +51,24 @@ def series(rows: Sequence[dict], keys: Sequence[str]) -> list[tuple[int, float]]
     return out
 
 
+def baseline_eval(rows: Sequence[dict]) -> dict | None:
+    """The held-out evaluation before training (verl's step-0 row, ``trainer.val_before_train``), its
+    ``val-core`` / ``val-aux`` values only; None where the run has none."""
+    for row in rows:
+        data = row.get("data", {})
+        if int(row.get("step", -1)) == 0 and val_key(data) is not None:
+            return {"step": 0, "data": {k: v for k, v in data.items() if k.startswith(("val-core/", "val-aux/"))}}
+    return None
+
+
+def with_baseline_eval(rows: Sequence[dict], baseline: dict | None, source: str) -> list[dict]:
+    """``rows`` with ``baseline`` (another variant's :func:`baseline_eval`, same cold start and seed) as their
+    step-0 row, marked ``shared_from: source``; unchanged where the run has its own or there is none."""
+    if baseline is None or baseline_eval(rows) is not None:
+        return list(rows)
+    return [{**baseline, "shared_from": source}, *rows]
+
+
 def layer_series(rows: Sequence[dict]) -> dict[str, list[tuple[int, float]]]:
     """Per-layer route agreement: ``{"update layer 0": [...], "pi_old pass layer 0": [...], ...}``."""
     found: dict[str, list[tuple[int, float]]] = {}

@@ -267,6 +267,9 @@ def rewrite(out: Path) -> Path:
             for s in seeds
             if ran is None or str(s) in ran
         }
+    from verl_stable.lab.run import share_baseline_evals
+
+    share_baseline_evals(runs, {(b["variant"], int(b["seed"])): b["from"] for b in meta.get("baseline_eval", ())})
     return write(out, chosen, runs, meta)
 
 

@@ -31,6 +31,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Callable, Mapping, Sequence
 
 from verl_stable.apps import console
 from verl_stable.apps.cpu_overrides import cpu_overrides
@@ -65,6 +66,9 @@ class Args:
     #: the "v1-fast" path's replay-buffer poll interval (None: verl_stable.lab.sampler.DEFAULT_POLL_INTERVAL_S)
     poll_interval_s: float | None = None
     extra: list[str] = field(default_factory=list)
+    #: the held-out evaluation before training once per (cold start, seed), shared by the variants that start from
+    #: it (same weights, held-out set and sampling seed: the same numbers); False: every variant evaluates its own
+    shared_baseline_eval: bool = True
     verbose: bool = False
     full: bool = False
 
@@ -168,6 +172,40 @@ def variant_overrides(variant: vt.Variant, args: Args, base: list[str]) -> list[
         *variant.overrides(args.size.prompts_per_step),
         *args.extra,
     ]
+
+
+def plan_runs(
+    args: Args,
+    setup: LabSetup,
+    chosen: Sequence[vt.Variant],
+    model_of: Callable[[vt.Variant, int], str],
+    *,
+    out: Path,
+    train: str,
+    val: str,
+) -> tuple[dict[str, list[str]], list[tuple[vt.Variant, int, str, Path]], dict[tuple[str, int], str]]:
+    """Every (variant, seed) run, seed by seed: its overrides (by run name), the run list, and for each run that
+    shares another's held-out evaluation before training (``args.shared_baseline_eval``) the variant it shares:
+    the first to run from the same model and seed, whose step-0 numbers are the same (same weights, held-out set
+    and sampling seed)."""
+    seeds = args.seed_list
+    named: dict[str, list[str]] = {}
+    jobs: list[tuple[vt.Variant, int, str, Path]] = []
+    evaluated: dict[tuple[str, int], str] = {}
+    baseline_of: dict[tuple[str, int], str] = {}
+    for s in seeds:
+        for v in chosen:
+            run_dir = run_dir_of(out, v.name, s, seeds)
+            model_dir = model_of(v, s)
+            base = base_overrides(args, setup, run_dir=run_dir, model_dir=model_dir, train=train, val=val, seed=s)
+            key = f"{v.name} seed {s}" if len(seeds) > 1 else v.name
+            named[key] = variant_overrides(v, args, base)
+            source = evaluated.setdefault((model_dir, s), v.name)
+            if args.shared_baseline_eval and source != v.name:
+                baseline_of[v.name, s] = source
+                named[key].append("trainer.val_before_train=False")
+            jobs.append((v, s, key, run_dir))
+    return named, jobs, baseline_of
 
 
 def validate_all(named: dict[str, list[str]]) -> list[str]:
@@ -275,16 +313,9 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
         else:
             model_dir = setup.build_model(out / "models" / cold, cold_start=cold)
             models.update({(cold, s): model_dir for s in seeds})
-    named, jobs = {}, []
-    for s in seeds:
-        for v in chosen:
-            run_dir = run_dir_of(out, v.name, s, seeds)
-            base = base_overrides(
-                args, setup, run_dir=run_dir, model_dir=models[cold_of(v), s], train=train, val=val, seed=s
-            )
-            key = f"{v.name} seed {s}" if several else v.name
-            named[key] = variant_overrides(v, args, base)
-            jobs.append((v, s, key, run_dir))
+    named, jobs, baseline_of = plan_runs(
+        args, setup, chosen, lambda v, s: models[cold_of(v), s], out=out, train=train, val=val
+    )
     problems = validate_all(named)
     if problems:
         print("[lab] refused before start-up:", file=sys.stderr)
@@ -292,6 +323,12 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
             print(f"  {p}", file=sys.stderr)
         raise SystemExit(2)
     print(f"[lab] data, models and {len(named)} configs ready in {time.monotonic() - t0:.0f} s")
+    if baseline_of:
+        print(
+            f"[lab] held-out evaluation before training: once per cold start and seed ({len(jobs) - len(baseline_of)}"
+            f" of {len(jobs)} runs), shared by the variants that start from the same model "
+            "(--baseline-eval-per-variant: every run its own)"
+        )
 
     runs = []
     for i, (v, s, key, run_dir) in enumerate(jobs, 1):  # seed by seed: a stopped lab has whole seeds to pair
@@ -308,7 +345,11 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
                 show_seed=several,
             )
         )
+    rows = {v.name: {r.seed: r.rows for r in runs if r.name == v.name} for v in chosen}
+    share_baseline_evals(rows, baseline_of)
     meta = {
+        # whose step-0 held-out row each (variant, seed) shares (lab.report's rewrite applies it again)
+        "baseline_eval": [{"variant": name, "seed": s, "from": source} for (name, s), source in baseline_of.items()],
         "args": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()}},
         "setup": {
             "name": setup.name,
@@ -329,7 +370,6 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
         ),
         "platform": _platform(),
     }
-    rows = {v.name: {r.seed: r.rows for r in runs if r.name == v.name} for v in chosen}
     path = report.write(out, chosen, rows, meta)
     failed = [r.name + (f" seed {r.seed}" if several else "") for r in runs if r.returncode != 0]
     print(f"[lab] done in {time.monotonic() - t0:.0f} s" + (f"; FAILED: {', '.join(failed)}" if failed else ""))
@@ -337,6 +377,16 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
     if failed:
         raise SystemExit(1)
     return path
+
+
+def share_baseline_evals(rows: dict[str, dict[int, list[dict]]], baseline_of: Mapping[tuple[str, int], str]) -> None:
+    """Give each (variant, seed) of ``baseline_of`` the step-0 held-out row of the variant it names (in place)."""
+    from verl_stable.lab.metrics import baseline_eval, with_baseline_eval
+
+    for (name, seed), source in baseline_of.items():
+        if seed in rows.get(name, {}):
+            shared = baseline_eval(rows.get(source, {}).get(seed, ()))
+            rows[name][seed] = with_baseline_eval(rows[name][seed], shared, source)
 
 
 def _platform() -> dict:
@@ -397,6 +447,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
         "--cold-start",
         help="model of the variants without their own cold start (default: 'default'; --quick: the CI one)",
     )
+    parser.add_argument(
+        "--baseline-eval-per-variant",
+        action="store_true",
+        help="every run evaluates the held-out set before training (default: once per cold start and seed, "
+        "shared by the variants starting from that model: the same weights, set and seed give the same numbers)",
+    )
     parser.add_argument("--verbose", action="store_true", help="stream verl's full output too")
     ns, extra = parser.parse_known_args(argv)
     unknown = [o for o in extra if o.startswith("-")]
@@ -438,6 +494,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         trainer=ns.trainer,
         cold_start=ns.cold_start or (default_setup().ci_cold_start if ns.quick else None),
         extra=extra,
+        shared_baseline_eval=not ns.baseline_eval_per_variant,
         verbose=ns.verbose,
         full=ns.full,
     )

@@ -1,0 +1,98 @@
+"""The held-out evaluation before training, run once per (cold start, seed) and shared by the variants that start
+from that model: which runs evaluate, which skip verl's ``val_before_train``, how the shared step-0 row enters the
+report (and its rewrite), and the switch that gives every run its own.
+
+Why it may be shared: the step-0 evaluation is a function of the weights, the held-out set and the rollout's
+sampling seed, which the variants of one (cold start, seed) have in common (the lab's runs show the same
+``val-core`` mean for every variant of a seed). It costs ~11 s of a variant's ~120 s on 2 cores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.lab.addition_setup import addition_setup
+from verl_stable.lab import metrics, report, run, variants
+
+TABLE = variants.grid(("default", "seed1"))
+VAL = "val-core/verl_stable/lab_addition/acc/mean@8"
+
+
+def _plan(tmp_path, names, *, seeds=2, shared=True):
+    args = run.Args(out=tmp_path, seeds=seeds, shared_baseline_eval=shared, size=variants.GridSize(steps=2))
+    chosen = [TABLE[n] for n in names]
+    model_of = lambda v, s: f"/models/{v.cold_start}"  # noqa: E731
+    return run.plan_runs(args, addition_setup(), chosen, model_of, out=tmp_path, train="t.parquet", val="v.parquet")
+
+
+def test_the_first_variant_of_each_model_and_seed_evaluates_and_the_rest_share_it(tmp_path):
+    named, jobs, baseline_of = _plan(tmp_path, ["minirl", "minirl_no_is", "minirl_r3", "cold_seed1_r2"])
+    assert [(v.name, s) for v, s, _, _ in jobs][:4] == [
+        ("minirl", 0), ("minirl_no_is", 0), ("minirl_r3", 0), ("cold_seed1_r2", 0),
+    ]  # fmt: skip
+    # cold_seed1_r2 starts from another model: it evaluates its own; the other seed is its own group again
+    assert baseline_of == {
+        ("minirl_no_is", 0): "minirl", ("minirl_r3", 0): "minirl",
+        ("minirl_no_is", 1): "minirl", ("minirl_r3", 1): "minirl",
+    }  # fmt: skip
+    for key, overrides in named.items():
+        shares = key.startswith(("minirl_no_is", "minirl_r3"))
+        # Hydra: the last override of a key wins
+        last = [o for o in overrides if o.startswith("trainer.val_before_train=")][-1]
+        assert last == f"trainer.val_before_train={not shares}", key
+
+
+def test_per_variant_baseline_evals_when_asked(tmp_path):
+    named, _, baseline_of = _plan(tmp_path, ["minirl", "minirl_no_is"], shared=False)
+    assert baseline_of == {}
+    for overrides in named.values():
+        assert [o for o in overrides if o.startswith("trainer.val_before_train=")][-1] == "trainer.val_before_train=True"
+    assert run.parse_args(["--baseline-eval-per-variant"]).shared_baseline_eval is False
+    assert run.parse_args([]).shared_baseline_eval is True
+
+
+def _rows(step0: float | None, finals=(0.5, 0.6)):
+    rows = [{"step": 0, "data": {VAL: step0, "val-aux/x": 1.0}}] if step0 is not None else []
+    for i, r in enumerate(finals, 1):
+        rows.append({"step": i, "data": {"critic/score/mean": r, **({VAL: r} if i == len(finals) else {})}})
+    return rows
+
+
+def test_a_run_without_its_own_step0_row_gets_the_sources_marked():
+    source = _rows(0.25)
+    shared = metrics.baseline_eval(source)
+    assert shared == {"step": 0, "data": {VAL: 0.25, "val-aux/x": 1.0}}
+    borrowed = metrics.with_baseline_eval(_rows(None), shared, "minirl")
+    assert borrowed[0] == {**shared, "shared_from": "minirl"} and borrowed[1:] == _rows(None)
+    assert metrics.series(borrowed, (metrics.HELD_OUT,))[0] == (0, 0.25)
+    # a run with its own step-0 row keeps it; no source row: nothing is invented
+    assert metrics.with_baseline_eval(_rows(0.3), shared, "minirl") == _rows(0.3)
+    assert metrics.with_baseline_eval(_rows(None), None, "minirl") == _rows(None)
+    assert metrics.baseline_eval(_rows(None)) is None
+
+
+def test_the_report_and_its_rewrite_start_the_sharing_variant_from_the_shared_row(tmp_path):
+    runs = {"minirl": {0: _rows(0.25), 1: _rows(0.3)}, "minirl_no_is": {0: _rows(None), 1: _rows(None, (0.4, 0.45))}}
+    for name, by_seed in runs.items():
+        for seed, rows in by_seed.items():
+            d = metrics.run_dir(tmp_path, name, seed, [0, 1])
+            d.mkdir(parents=True)
+            (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    baseline_of = {("minirl_no_is", 0): "minirl", ("minirl_no_is", 1): "minirl"}
+    meta = {
+        "args": {"seed": 0, "size": {"steps": 2}},
+        "seeds": [0, 1],
+        "runs": {n: {"seeds": {"0": {"returncode": 0}, "1": {"returncode": 0}}} for n in runs},
+        "baseline_eval": [{"variant": n, "seed": s, "from": src} for (n, s), src in baseline_of.items()],
+        "wall_s": 1.0,
+    }
+    run.share_baseline_evals(runs, baseline_of)
+    chosen = [TABLE["minirl"], TABLE["minirl_no_is"]]
+    text = report.write(tmp_path, chosen, runs, meta).read_text()
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["per_seed"]["minirl_no_is"]["0"]["heldout_first"] == pytest.approx(0.25)
+    assert summary["per_seed"]["minirl_no_is"]["1"]["heldout_first"] == pytest.approx(0.3)
+    assert summary["per_seed"]["minirl_no_is"]["1"]["heldout_last"] == pytest.approx(0.45)
+    (tmp_path / "report.md").unlink()
+    assert report.rewrite(tmp_path).read_text() == text
