@@ -153,6 +153,15 @@ def test_collapses_are_counted_per_seed_with_the_rule():
     assert f.status == "reproduced" and "n2_r2_no_clip collapsed in 0 of 3 seeds" in f.evidence
     assert f.intervals[0]["a"] == "n2_r2" and f.intervals[0]["lo"] > 0
     assert "every one of K >= 2 seeds" in findings.COLLAPSE_RULE
+    # both collapse (the lab's N=4 at lr 1e-3): the rival's collapse leaves the paired interval to decide
+    no_clip = {seed: metrics.summarize(TABLE["n2_r2_no_clip"], _rows(falls)) for seed in range(2)}
+    clipped = {0: metrics.summarize(TABLE["n2_r2"], _rows(up)),
+               1: metrics.summarize(TABLE["n2_r2"], _rows([0.3, 0.4, 0.5, 0.5, 0.4, 0.1, 0.0, 0.0, 0.0]))}
+    f = _found({"n2_r2": clipped, "n2_r2_no_clip": no_clip})[N2_NO_CLIP]
+    assert "n2_r2_no_clip collapsed in 2 of 2 seeds" in f.evidence and "n2_r2 collapsed in 1 of 2 seeds" in f.evidence
+    assert f.status == "inconclusive" and f.intervals[0]["lo"] < 0 < f.intervals[0]["hi"]
+    clipped[1] = metrics.summarize(TABLE["n2_r2"], _rows([0.1, 0.2, 0.3, 0.3, 0.3, 0.3]))
+    assert _found({"n2_r2": clipped, "n2_r2_no_clip": no_clip})[N2_NO_CLIP].status == "reproduced"
 
 
 def test_claims_on_variants_not_run_are_still_not_tested_over_seeds():

@@ -47,7 +47,8 @@ METHOD = (
     f"the seeds' own range of d (two seeds of one sign exclude zero): read K with it"
 )
 COLLAPSE_RULE = (
-    "a collapse claim is reproduced when its variant collapsed in every one of K >= 2 seeds; otherwise the "
+    "a collapse claim is reproduced when its variant collapsed in every one of K >= 2 seeds and the variant it is "
+    "set against (if any) in none; otherwise the "
     "comparison the claim names ('or trains worse than ...') decides by its paired interval; a claim without one "
     "is not reproduced when no seed collapsed and inconclusive when some did"
 )
@@ -222,7 +223,7 @@ def _collapses(claim: Claim, a: Summary, rivals: Sequence[Summary]) -> Finding:
     for b in rivals:
         r, compared = _cmp(b, a, claim.metric)
         text += f"; {compared}"
-        if a.collapsed is not True:
+        if a.collapsed is not True or b.collapsed is not False:  # both collapsed: the comparison decides
             status = _VERDICT[r]
     return Finding(claim.text, status, text)
 
@@ -328,7 +329,9 @@ def _judge_seeds(claim: Claim, per_seed: Mapping[str, Mapping[int, Summary]]) ->
         k, total, text = _collapse_count(claim.a, a)
         intervals = [paired_interval(b, claim.a, _values(ran[b], metric), _values(a, metric), metric) for b in rivals]
         notes = [text, *(_collapse_count(b, ran[b])[2] for b in rivals)]
-        if total >= 2 and k == total:
+        # "a collapses (where b holds)": a collapse of b too says nothing about a; the paired interval decides
+        rivals_hold = all(s.collapsed is False for b in rivals for s in ran[b].values())
+        if total >= 2 and k == total and rivals_hold:
             status = "reproduced"
         elif intervals:
             status = _combine([iv.sign() for iv in intervals])  # b - a > 0: a trains worse
@@ -336,7 +339,7 @@ def _judge_seeds(claim: Claim, per_seed: Mapping[str, Mapping[int, Summary]]) ->
             status = "not reproduced"
         else:
             status = "inconclusive"
-        by_count = (total >= 2 and k == total) or not intervals
+        by_count = (total >= 2 and k == total and rivals_hold) or not intervals
         seeds = total if by_count else min(iv.n for iv in intervals)
         return _seed_finding(claim, status, intervals, notes, seeds)
     intervals = [paired_interval(claim.a, b, _values(a, metric), _values(ran[b], metric), metric) for b in rivals]
