@@ -257,8 +257,10 @@ def test_spread_is_mean_min_max_over_the_seeds_that_logged_a_step():
 def test_the_cli_takes_seeds_and_refuses_none():
     args = run.parse_args(["--seeds", "3", "--seed", "5", "--redraw-cold-start"])
     assert (args.seeds, args.redraw_cold_start, args.seed_list) == (3, True, [5, 6, 7])
-    plain = run.parse_args([])
-    assert (plain.seeds, plain.redraw_cold_start, plain.seed_list) == (1, False, [0])
+    plain = run.parse_args([])  # the default grid: two seeds, the fewest that give a verdict
+    assert (plain.seeds, plain.redraw_cold_start, plain.seed_list) == (2, False, [0, 1])
+    assert run.parse_args(["--quick"]).seeds == 1 and run.parse_args(["--full"]).seeds == 3
+    assert run.parse_args(["--seeds", "1"]).seed_list == [0]
     with pytest.raises(SystemExit):
         run.parse_args(["--seeds", "0"])
 

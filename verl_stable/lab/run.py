@@ -422,8 +422,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
     parser.add_argument(
         "--seeds",
         type=int,
-        default=1,
-        help="runs per variant, seeds --seed, --seed+1, ... (default 1; the report's verdicts need >= 2)",
+        help=f"runs per variant, seeds --seed, --seed+1, ... (default {vt.DEFAULT.seeds}; --full "
+        f"{vt.FULL.seeds}; --quick {vt.QUICK.seeds}: a run, no verdict; the report's verdicts need >= 2)",
     )
     parser.add_argument(
         "--redraw-cold-start",
@@ -470,6 +470,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         parser.error(f"--steps must be >= 1, got {steps}")
     if prompts < 1:
         parser.error(f"--prompts must be >= 1, got {prompts}")
+    if ns.seeds is None:
+        ns.seeds = base.seeds
     if ns.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {ns.seeds}")
     eval_every = base.eval_every if base.eval_every and base.eval_every < steps else 0

@@ -152,11 +152,13 @@ class GridSize:
     group_size: int = 8
     eval_every: int = 0  # 0: evaluate before training and at the last step only
     notes: dict = field(default_factory=dict)
+    #: the CLI's default number of seeds at this size (``--seeds``): two give a verdict, one only a run
+    seeds: int = 1
 
 
 QUICK = GridSize(steps=2, prompts_per_step=4)
-DEFAULT = GridSize(steps=16, prompts_per_step=8, eval_every=8)
-FULL = GridSize(steps=30, prompts_per_step=8, eval_every=5)
+DEFAULT = GridSize(steps=16, prompts_per_step=8, eval_every=8, seeds=2)
+FULL = GridSize(steps=30, prompts_per_step=8, eval_every=5, seeds=3)
 
 
 # ----------------------------------------------------------------------------------------------- the paper's claims
