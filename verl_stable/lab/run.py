@@ -1,6 +1,6 @@
 """The CPU lab: the paper's grid run through verl's own trainer, then plots and a report.
 
-    verl-stable lab                      # default grid (a subset); its time on 2 cores: README, "A real run"
+    verl-stable lab                      # the main job: N=2 + R2 with / without clipping, 2 seeds (README, "A real run")
     verl-stable lab --quick              # CI size: one variant (n2_r2) x 2 steps, plots + report
     verl-stable lab --full               # the whole grid, longer runs
     verl-stable lab --variants minirl,n4_r2 --steps 12 --out runs/lab
