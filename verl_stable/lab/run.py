@@ -69,6 +69,9 @@ class Args:
     #: the held-out evaluation before training once per (cold start, seed), shared by the variants that start from
     #: it (same weights, held-out set and sampling seed: the same numbers); False: every variant evaluates its own
     shared_baseline_eval: bool = True
+    #: reuse a (variant, seed) run that already finished in ``out`` with the same command (its metrics reach the
+    #: last step) instead of running it again: more seeds on top of a finished lab, or a stopped lab picked up
+    resume: bool = False
     verbose: bool = False
     full: bool = False
 
@@ -89,6 +92,8 @@ class VariantRun:
     first_step_s: float | None
     overrides: list[str]
     seed: int = 0
+    #: finished in an earlier lab with the same command and reused (--resume): its wall time is not this lab's
+    reused: bool = False
 
     @property
     def name(self) -> str:
@@ -100,6 +105,7 @@ class VariantRun:
             "wall_s": self.wall_s,
             "first_step_s": self.first_step_s,
             "steps": len(self.rows),
+            **({"reused": True} if self.reused else {}),
         }
 
 
@@ -221,6 +227,23 @@ def validate_all(named: dict[str, list[str]]) -> list[str]:
     return problems
 
 
+def command_text(overrides: Sequence[str]) -> str:
+    """A run's ``command.txt``: the launcher and its overrides, one per line."""
+    return "python -m verl_stable.main \\\n    " + " \\\n    ".join(overrides) + "\n"
+
+
+def finished_run(run_dir: Path, overrides: Sequence[str], steps: int) -> list[dict] | None:
+    """The metrics rows of a run that already finished in ``run_dir`` with exactly these overrides (its
+    ``command.txt``) and reached step ``steps``; None otherwise (another command, stopped early, never ran)."""
+    from verl_stable.apps.console import read_metrics
+
+    command, metrics = run_dir / "command.txt", run_dir / "metrics.jsonl"
+    if not (command.exists() and metrics.exists()) or command.read_text() != command_text(overrides):
+        return None
+    rows = read_metrics(metrics)
+    return rows if any(int(r.get("step", -1)) == steps for r in rows) else None
+
+
 def run_variant(
     variant: vt.Variant,
     overrides: list[str],
@@ -239,7 +262,7 @@ def run_variant(
     # verl's file logger truncates its file: an earlier run's metrics and log move to metrics.1.jsonl, train.1.log
     console.rotate(metrics)
     console.rotate(log)
-    (run_dir / "command.txt").write_text("python -m verl_stable.main \\\n    " + " \\\n    ".join(overrides) + "\n")
+    (run_dir / "command.txt").write_text(command_text(overrides))
     start = time.monotonic()
     first: list[float] = []
     rows: list[dict] = []
@@ -332,6 +355,11 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
 
     runs = []
     for i, (v, s, key, run_dir) in enumerate(jobs, 1):  # seed by seed: a stopped lab has whole seeds to pair
+        done = finished_run(run_dir, named[key], size.steps) if args.resume else None
+        if done is not None:
+            print(f"[lab] {i}/{len(jobs)} {key}: finished earlier with the same command, reused (--resume): {run_dir}")
+            runs.append(VariantRun(v, run_dir, done, 0, 0.0, None, named[key], s, reused=True))
+            continue
         runs.append(
             run_variant(
                 v,
@@ -453,6 +481,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
         help="every run evaluates the held-out set before training (default: once per cold start and seed, "
         "shared by the variants starting from that model: the same weights, set and seed give the same numbers)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the runs that already finished in --out with the same command (e.g. more --seeds on top of a "
+        "finished lab, or a stopped one picked up); the others run",
+    )
     parser.add_argument("--verbose", action="store_true", help="stream verl's full output too")
     ns, extra = parser.parse_known_args(argv)
     unknown = [o for o in extra if o.startswith("-")]
@@ -497,6 +531,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         cold_start=ns.cold_start or (default_setup().ci_cold_start if ns.quick else None),
         extra=extra,
         shared_baseline_eval=not ns.baseline_eval_per_variant,
+        resume=ns.resume,
         verbose=ns.verbose,
         full=ns.full,
     )

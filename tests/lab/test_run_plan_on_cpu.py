@@ -1,6 +1,7 @@
-"""The held-out evaluation before training, run once per (cold start, seed) and shared by the variants that start
-from that model: which runs evaluate, which skip verl's ``val_before_train``, how the shared step-0 row enters the
-report (and its rewrite), and the switch that gives every run its own.
+"""How the lab plans its runs. The held-out evaluation before training runs once per (cold start, seed), shared by
+the variants that start from that model: which runs evaluate, which skip verl's ``val_before_train``, how the
+shared step-0 row enters the report (and its rewrite), and the switch that gives every run its own. ``--resume``
+reuses a run that finished with the same command, and nothing else.
 
 Why it may be shared: the step-0 evaluation is a function of the weights, the held-out set and the rollout's
 sampling seed, which the variants of one (cold start, seed) have in common (the lab's runs show the same
@@ -96,3 +97,23 @@ def test_the_report_and_its_rewrite_start_the_sharing_variant_from_the_shared_ro
     assert summary["per_seed"]["minirl_no_is"]["1"]["heldout_last"] == pytest.approx(0.45)
     (tmp_path / "report.md").unlink()
     assert report.rewrite(tmp_path).read_text() == text
+
+
+# ------------------------------------------------------------------------------------------------ --resume
+def test_a_finished_run_with_the_same_command_is_reused_and_any_other_is_not(tmp_path):
+    named, jobs, _ = _plan(tmp_path, ["minirl", "minirl_no_is"])
+    (v, seed, key, run_dir) = jobs[0]
+    overrides = named[key]
+    assert run.finished_run(run_dir, overrides, steps=2) is None  # never ran
+    run_dir.mkdir(parents=True)
+    (run_dir / "command.txt").write_text(run.command_text(overrides))
+    rows = _rows(0.25)  # steps 0, 1, 2
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert run.finished_run(run_dir, overrides, steps=2) is None  # stopped after step 1
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert run.finished_run(run_dir, overrides, steps=2) == rows
+    assert run.finished_run(run_dir, [*overrides, "actor_rollout_ref.actor.optim.lr=1e-4"], steps=2) is None
+    assert run.finished_run(run_dir, overrides, steps=3) is None  # asked for a longer run
+    assert run.parse_args(["--resume"]).resume is True and run.parse_args([]).resume is False
+    reused = run.VariantRun(v, run_dir, rows, 0, 0.0, None, overrides, seed, reused=True)
+    assert reused.info()["reused"] is True and "reused" not in run.VariantRun(v, run_dir, rows, 0, 1.0, 1.0, overrides).info()
