@@ -169,10 +169,15 @@ def render(
         "seeds, each seed sets verl's three; data and cold start stay the same unless the cold start is re-drawn "
         "per seed, `--redraw-cold-start`). The `hf_cpu` rollout seeds "
         "each request from (seed, prompt, how often the prompt was asked), so a rerun samples the same responses "
-        "from the same weights: step 1 and the held-out accuracy before training repeat exactly. Not bit for bit "
-        "after that: the trainer's bf16 update sums the batch in the order verl's replay buffer returns it, which "
-        "varies, so later weights differ at ~1e-3 relative and a rare sample flips; rewards stay within a response "
-        "or two, the KLs vary more (tests/lab/test_lab_e2e_on_cpu.py states the tolerances).",
+        "from the same weights: step 1's samples and the held-out accuracy before training repeat exactly"
+        + (" (the variants of a seed share that evaluation: it ran once)" if meta.get("baseline_eval") else "")
+        + ". Not bit for bit after that: the trainer's bf16 "
+        "update sums in an order that depends on the thread count and on the order verl's replay buffer returns "
+        "the batch, so the weights after the first update differ in their last bits, and over many steps at a "
+        "high lr those differences can grow into different runs: three runs of one seed of the lab's off-policy "
+        "N=2 comparison at lr 1e-3 ended at 0.31, 0.36 and 0.67 held-out accuracy (docs/lab/search.md, entry 6). "
+        "A rerun reproduces the seeds' setup, not their outcome: read the intervals, which is why a verdict "
+        "needs several seeds.",
         "",
         f"Platform: {json.dumps(meta.get('platform', {}))}.",
         "",
