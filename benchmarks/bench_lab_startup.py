@@ -24,7 +24,6 @@ import re
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 #: (phase, the first line that ends it) in the order verl prints them; a phase runs from the previous mark
 MARKS: tuple[tuple[str, str], ...] = (
