@@ -124,7 +124,7 @@ def test_a_seed_reproduces_its_metrics(quick, tmp_path):
     again = tmp_path / "again"
     steps, prompts = variants.QUICK.steps, variants.QUICK.prompts_per_step
     _lab(
-        again, "--variants", name, "--steps", str(steps), "--prompts", str(prompts),
+        again, "--variants", name, "--steps", str(steps), "--prompts", str(prompts), "--seeds", "1",
         "--cold-start", lab_model.CI_COLD_START,
     )
     first = {r["step"]: r["data"] for r in read_metrics(out / "runs" / name / "metrics.jsonl")}
