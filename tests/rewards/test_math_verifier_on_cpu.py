@@ -73,9 +73,20 @@ def test_verls_default_scorer_is_plus_minus_one_for_these_sources():
         assert compute_score(source, "Answer: 8", "7")["score"] == 0.0
 
 
+def _outlasts_the_backstop(response: str, ground_truth: str) -> tuple[float, bool]:
+    """A check that would score 1.0, but only after far longer than the test's backstop (the pool's worker imports
+    it from this module: the pool spawns)."""
+    import time
+
+    time.sleep(60)
+    return 1.0, False
+
+
 def test_a_check_past_the_backstop_scores_zero_and_is_counted(monkeypatch):
-    # the pool's backstop: a check that outlives CALL_TIMEOUT_S is abandoned, counted, and the pool restarted
-    monkeypatch.setattr(math_verifier, "CALL_TIMEOUT_S", 0)
+    # the pool's backstop: a check that outlives CALL_TIMEOUT_S is abandoned, counted, and the pool restarted.
+    # The check itself is made slow: a zero timeout alone races a warm pool that answers before result() is asked.
+    monkeypatch.setattr(math_verifier, "check_answer", _outlasts_the_backstop)
+    monkeypatch.setattr(math_verifier, "CALL_TIMEOUT_S", 2)
     out = compute_score("math", "\\boxed{1}", "1")
     assert out == {"score": 0.0, "acc": 0.0, "verify_timeout": 1.0}
     monkeypatch.undo()
