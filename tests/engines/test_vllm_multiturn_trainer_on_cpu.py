@@ -59,6 +59,7 @@ import pytest
 
 from tests.engines.test_vllm_trainer_on_cpu import FP32
 from tests.engines.tier import ROOT, TIER_MARKS, VLLM_PYTHON, tier_env
+from tests.function_tools import ADD_TOOL
 from verl_stable.apps.console import read_metrics
 from verl_stable.apps.cpu_overrides import VLLM_ON_CPU
 
@@ -80,8 +81,6 @@ import json
 import numpy as np
 from verl.experimental.agent_loop.tool_agent_loop import ToolAgentLoop
 from verl.experimental.agent_loop.tool_parser import FunctionCall, ToolParser
-from verl.tools.function_tool import function_tool
-
 from verl_stable.integration import tool_agent_loop
 
 RECORD = {record!r}
@@ -168,18 +167,7 @@ def _recording_merge(held, held_token_ids, prompt_ids, token_ids, routed_experts
 
 
 tool_agent_loop.merge_turn_routes = _recording_merge
-
-
-@function_tool
-def add(a: int, b: int) -> str:
-    """Add two integers.
-
-    Args:
-        a: The first integer.
-        b: The second integer.
-    """
-    return str(a + b)
-'''
+''' + ADD_TOOL
 
 
 @pytest.fixture(scope="module")

@@ -22,12 +22,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-import textwrap
 
 import numpy as np
 import pytest
 import torch
 
+from tests.function_tools import ADD_TOOL
 from tests.hydra_configs import compose
 from tests.plugin.inprocess_rollout import Handle, hf_cpu_server, local_client
 
@@ -70,24 +70,7 @@ def _register_parser():
 @pytest.fixture(scope="module")
 def tool_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("tools") / "add_tool.py"
-    path.write_text(
-        textwrap.dedent(
-            '''
-            from verl.tools.function_tool import function_tool
-
-
-            @function_tool
-            def add(a: int, b: int) -> str:
-                """Add two integers.
-
-                Args:
-                    a: The first integer.
-                    b: The second integer.
-                """
-                return str(a + b)
-            '''
-        )
-    )
+    path.write_text(ADD_TOOL)
     return str(path)
 
 
