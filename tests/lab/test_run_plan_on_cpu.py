@@ -114,6 +114,28 @@ def test_a_finished_run_with_the_same_command_is_reused_and_any_other_is_not(tmp
     assert run.finished_run(run_dir, overrides, steps=2) == rows
     assert run.finished_run(run_dir, [*overrides, "actor_rollout_ref.actor.optim.lr=1e-4"], steps=2) is None
     assert run.finished_run(run_dir, overrides, steps=3) is None  # asked for a longer run
+    # another thread count is another command: its runs are other numbers
+    assert run.finished_run(run_dir, overrides, steps=2, env=run.Args(threads=2).env) is None
     assert run.parse_args(["--resume"]).resume is True and run.parse_args([]).resume is False
     reused = run.VariantRun(v, run_dir, rows, 0, 0.0, None, overrides, seed, reused=True)
     assert reused.info()["reused"] is True and "reused" not in run.VariantRun(v, run_dir, rows, 0, 1.0, 1.0, overrides).info()
+
+
+# ------------------------------------------------------------------------------------------------ --threads
+def test_every_run_gets_the_labs_thread_count_whatever_the_shell_exports(monkeypatch):
+    from verl_stable.apps import console
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    args = run.parse_args([])
+    assert args.threads == 1 and args.env == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TQ_NUM_THREADS": "1"}
+    env = {**console.trainer_env("/tmp/m.jsonl"), **args.env}  # what console.run_trainer starts verl with
+    assert env["OMP_NUM_THREADS"] == "1" and env["VERL_FILE_LOGGER_PATH"] == "/tmp/m.jsonl"
+    assert run.parse_args(["--threads", "2"]).env["OMP_NUM_THREADS"] == "2"
+    # the command a run writes says so, and can be pasted into a shell
+    assert run.command_text(["a=1"], args.env).startswith(
+        "MKL_NUM_THREADS=1 OMP_NUM_THREADS=1 TQ_NUM_THREADS=1 python -m verl_stable.main"
+    )
+    with pytest.raises(SystemExit):
+        run.parse_args(["--threads", "0"])
+    with pytest.raises(ValueError, match="--threads"):
+        run.Args(threads=0).env

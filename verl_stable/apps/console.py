@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 from verl_stable.losses import METRICS as LOSS_METRICS
 from verl_stable.routing.agreement import METRICS as ROUTING_METRICS
@@ -490,15 +490,16 @@ def run_trainer(
     metrics_path: str | Path,
     on_row: Callable[[dict], None],
     verbose: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> int:
     """``python -m verl_stable.main <overrides>`` in ``cwd`` through :func:`run_logged`, in
-    :func:`trainer_env`; ``on_row`` gets each step's metrics row. Returns the exit status."""
+    :func:`trainer_env` plus ``env``; ``on_row`` gets each step's metrics row. Returns the exit status."""
     return run_logged(
         [sys.executable, "-m", "verl_stable.main", *overrides],
         log_path=log_path,
         metrics_path=metrics_path,
         on_row=on_row,
-        env=trainer_env(metrics_path),
+        env={**trainer_env(metrics_path), **(env or {})},
         cwd=cwd,
         verbose=verbose,
     )

@@ -74,6 +74,18 @@ class Args:
     resume: bool = False
     verbose: bool = False
     full: bool = False
+    #: torch / OpenMP threads of every verl process the lab starts, whatever the shell exports: a run's numbers then
+    #: do not depend on OMP_NUM_THREADS (Ray sets 1 in its workers only where it is unset)
+    threads: int = 1
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The environment every run of this lab adds to the trainer's (:func:`console.trainer_env`)."""
+        if self.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {self.threads}")
+        n = str(self.threads)
+        # TransferQueue sets torch's thread count to TQ_NUM_THREADS around each of its puts and gets
+        return {"OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n, "TQ_NUM_THREADS": n}
 
     @property
     def seed_list(self) -> list[int]:
@@ -227,18 +239,22 @@ def validate_all(named: dict[str, list[str]]) -> list[str]:
     return problems
 
 
-def command_text(overrides: Sequence[str]) -> str:
-    """A run's ``command.txt``: the launcher and its overrides, one per line."""
-    return "python -m verl_stable.main \\\n    " + " \\\n    ".join(overrides) + "\n"
+def command_text(overrides: Sequence[str], env: Mapping[str, str] | None = None) -> str:
+    """A run's ``command.txt``: the environment the lab sets, the launcher and its overrides, one per line."""
+    prefix = "".join(f"{k}={v} " for k, v in sorted((env or {}).items()))
+    return prefix + "python -m verl_stable.main \\\n    " + " \\\n    ".join(overrides) + "\n"
 
 
-def finished_run(run_dir: Path, overrides: Sequence[str], steps: int) -> list[dict] | None:
-    """The metrics rows of a run that already finished in ``run_dir`` with exactly these overrides (its
-    ``command.txt``) and reached step ``steps``; None otherwise (another command, stopped early, never ran)."""
+def finished_run(
+    run_dir: Path, overrides: Sequence[str], steps: int, env: Mapping[str, str] | None = None
+) -> list[dict] | None:
+    """The metrics rows of a run that already finished in ``run_dir`` with exactly this command (its
+    ``command.txt``: ``env`` and overrides) and reached step ``steps``; None otherwise (another command, stopped
+    early, never ran)."""
     from verl_stable.apps.console import read_metrics
 
     command, metrics = run_dir / "command.txt", run_dir / "metrics.jsonl"
-    if not (command.exists() and metrics.exists()) or command.read_text() != command_text(overrides):
+    if not (command.exists() and metrics.exists()) or command.read_text() != command_text(overrides, env):
         return None
     rows = read_metrics(metrics)
     return rows if any(int(r.get("step", -1)) == steps for r in rows) else None
@@ -255,6 +271,7 @@ def run_variant(
     verbose: bool = False,
     seed: int = 0,
     show_seed: bool = False,
+    env: Mapping[str, str] | None = None,
 ) -> VariantRun:
     """One ``python -m verl_stable.main`` run; one console line per step (``[lab] 2/5 minirl step 3/8 ...``)."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -262,7 +279,7 @@ def run_variant(
     # verl's file logger truncates its file: an earlier run's metrics and log move to metrics.1.jsonl, train.1.log
     console.rotate(metrics)
     console.rotate(log)
-    (run_dir / "command.txt").write_text(command_text(overrides))
+    (run_dir / "command.txt").write_text(command_text(overrides, env))
     start = time.monotonic()
     first: list[float] = []
     rows: list[dict] = []
@@ -276,7 +293,7 @@ def run_variant(
 
     print(f"{tag} start: {variant.label}  ({' '.join(variant.overrides(size.prompts_per_step))})", flush=True)
     rc = console.run_trainer(
-        overrides, cwd=run_dir, log_path=log, metrics_path=metrics, on_row=on_row, verbose=verbose
+        overrides, cwd=run_dir, log_path=log, metrics_path=metrics, on_row=on_row, verbose=verbose, env=env
     )
     wall = time.monotonic() - start
     if rc != 0:
@@ -309,7 +326,7 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
         f"[lab] {len(chosen)} variants x {size.steps} steps, {size.prompts_per_step} prompts x {size.group_size} "
         f"per step, task {setup.name}, cold start {args.cold_start or 'default'}, "
         f"rollout mismatch {args.mismatch or setup.default_mismatch}, lr {args.lr:g}, "
-        f"trainer {args.trainer}, "
+        f"trainer {args.trainer}, {args.threads} thread(s) per process, "
         + (
             f"seeds {', '.join(map(str, seeds))}"
             + (" (cold starts re-drawn per seed)" if args.redraw_cold_start else " (one cold start for all)")
@@ -355,7 +372,7 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
 
     runs = []
     for i, (v, s, key, run_dir) in enumerate(jobs, 1):  # seed by seed: a stopped lab has whole seeds to pair
-        done = finished_run(run_dir, named[key], size.steps) if args.resume else None
+        done = finished_run(run_dir, named[key], size.steps, args.env) if args.resume else None
         if done is not None:
             print(f"[lab] {i}/{len(jobs)} {key}: finished earlier with the same command, reused (--resume): {run_dir}")
             runs.append(VariantRun(v, run_dir, done, 0, 0.0, None, named[key], s, reused=True))
@@ -371,6 +388,7 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
                 verbose=args.verbose,
                 seed=s,
                 show_seed=several,
+                env=args.env,
             )
         )
     rows = {v.name: {r.seed: r.rows for r in runs if r.name == v.name} for v in chosen}
@@ -487,6 +505,13 @@ def parse_args(argv: list[str] | None = None) -> Args:
         help="reuse the runs that already finished in --out with the same command (e.g. more --seeds on top of a "
         "finished lab, or a stopped one picked up); the others run",
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=Args.threads,
+        help=f"torch threads of each verl process (default {Args.threads}, whatever OMP_NUM_THREADS the shell "
+        "exports: the lab's numbers depend on it)",
+    )
     parser.add_argument("--verbose", action="store_true", help="stream verl's full output too")
     ns, extra = parser.parse_known_args(argv)
     unknown = [o for o in extra if o.startswith("-")]
@@ -508,6 +533,8 @@ def parse_args(argv: list[str] | None = None) -> Args:
         ns.seeds = base.seeds
     if ns.seeds < 1:
         parser.error(f"--seeds must be >= 1, got {ns.seeds}")
+    if ns.threads < 1:
+        parser.error(f"--threads must be >= 1, got {ns.threads}")
     eval_every = base.eval_every if base.eval_every and base.eval_every < steps else 0
     size_ = vt.GridSize(steps=steps, prompts_per_step=prompts, group_size=base.group_size, eval_every=eval_every)
     if ns.variants:
@@ -534,6 +561,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
         resume=ns.resume,
         verbose=ns.verbose,
         full=ns.full,
+        threads=ns.threads,
     )
 
 
