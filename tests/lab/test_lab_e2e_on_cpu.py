@@ -1,6 +1,6 @@
 """The lab end to end at its smallest size (``verl-stable lab --quick``, what CI runs): every variant is a real
 ``python -m verl_stable.main`` run; the report and the plots exist and carry the variants' data; a rerun with
-the same seed reproduces the metrics."""
+the same seed repeats every metric."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ pytestmark = pytest.mark.slow
 QUICK = list(variants.QUICK_VARIANTS)
 
 
-def _lab(out: Path, *args: str, timeout: int = 1500) -> subprocess.CompletedProcess:
-    env = {**os.environ, "RAY_DEDUP_LOGS": "1", "TOKENIZERS_PARALLELISM": "false"}
+def _lab(out: Path, *args: str, timeout: int = 1500, env: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_DEDUP_LOGS": "1", "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     env.pop("VERBOSE", None)
     proc = subprocess.run(
         [sys.executable, "-m", "verl_stable.lab", "--out", str(out), *args],
@@ -112,37 +112,33 @@ def test_report_tables_every_variant_from_its_metrics(quick):
     assert "too short" in text or "No run collapsed" in text or "collapsed" in text
 
 
-def test_a_seed_reproduces_its_metrics(quick, tmp_path):
-    """Same seed, same variant, a second run. Step 1 samples from the same weights: reward and response length
-    are identical, the entropy equal within rtol 1e-3, the loss within rtol 1e-2 and the training-inference KL
-    (~1e-3 with the default int4 rollout) within rtol 0.1 -- the trainer's bf16 passes sum the batch in the order
-    verl's replay buffer returns it, which varies. Later steps start from weights equal to ~1e-3, so their
-    rollouts match but for rare flipped samples: the reward within 2 responses of the step's batch, the entropy
-    within rtol 1e-2 (the KL is not compared)."""
+def test_a_rerun_repeats_every_metric_bit_for_bit_whatever_the_shell_exports(quick, tmp_path):
+    """Same seed, same variant, a second run with ``OMP_NUM_THREADS=2`` exported (the first ran with the caller's
+    environment). The lab lays each batch out by its content (verl's sampler hands it over in completion order,
+    which decided the off-policy mini-batches) and runs every verl process on its own thread count, so every metric
+    of every step is the same number, but the measured time and memory."""
     out, _ = quick
     name = QUICK[0]
     again = tmp_path / "again"
     steps, prompts = variants.QUICK.steps, variants.QUICK.prompts_per_step
     _lab(
         again, "--variants", name, "--steps", str(steps), "--prompts", str(prompts), "--seeds", "1",
-        "--cold-start", lab_model.CI_COLD_START,
+        "--cold-start", lab_model.CI_COLD_START, env={"OMP_NUM_THREADS": "2"},
     )
     first = {r["step"]: r["data"] for r in read_metrics(out / "runs" / name / "metrics.jsonl")}
     second = {r["step"]: r["data"] for r in read_metrics(again / "runs" / name / "metrics.jsonl")}
     assert first.keys() == second.keys() == {0, *range(1, steps + 1)}
-    a, b = first[1], second[1]
-    for key in ("critic/score/mean", "response_length/mean"):
-        assert a[key] == b[key], key
-    assert b["actor/entropy"] == pytest.approx(a["actor/entropy"], rel=1e-3)
-    assert b["actor/pg_loss"] == pytest.approx(a["actor/pg_loss"], rel=1e-2, abs=1e-6)
-    assert b["rollout_corr/k3_kl"] == pytest.approx(a["rollout_corr/k3_kl"], rel=0.1)
-    val = metrics.val_key(first[0])
-    assert first[0][val] == second[0][val]  # held-out accuracy before training: same samples
-    batch = prompts * variants.QUICK.group_size
-    for step in range(2, steps + 1):
-        a, b = first[step], second[step]
-        assert abs(a["critic/score/mean"] - b["critic/score/mean"]) <= 2 / batch + 1e-9, step
-        assert b["actor/entropy"] == pytest.approx(a["actor/entropy"], rel=1e-2), step
+
+    def measured(key: str) -> bool:  # wall time, throughput and memory: not the run's numbers
+        return key.startswith(("timing_", "perf/")) or "/perf/" in key or key.endswith("_memory_used_gb")
+
+    for step in first:
+        a = {k: v for k, v in first[step].items() if not measured(k)}
+        b = {k: v for k, v in second[step].items() if not measured(k)}
+        assert a.keys() == b.keys(), step
+        differ = {k: (a[k], b[k]) for k in a if a[k] != b[k] and not (a[k] != a[k] and b[k] != b[k])}
+        assert not differ, f"step {step}: {differ}"
+    assert "actor/pg_loss" in first[1] and "rollout_corr/k3_kl" in first[1]  # the update's numbers were compared
 
 
 def test_the_report_is_rewritten_from_what_the_run_saved(quick, tmp_path):

@@ -170,24 +170,6 @@ def test_unknown_variant_and_indivisible_batch_are_refused():
         TABLE["n4_r2"].overrides(6)
 
 
-def test_the_sampler_orders_a_batch_by_submission_not_by_completion():
-    prompts = ["b7e1", "0a3c", "f9d2"]  # uuid4 prefixes: their sorted order is not the submission order
-    wanted = [f"{uid}_{session}_0" for uid in prompts for session in range(3)]
-    finished = list(reversed(wanted))
-    finished[2], finished[5] = finished[5], finished[2]  # any completion order
-    assert sampler.submission_order(finished, prompts) == wanted
-    assert sampler.submission_order(["a_10_0", "a_2_0", "a_2_1"], ["a"]) == ["a_2_0", "a_2_1", "a_10_0"]  # numbers
-    # which session drew which response is arrival order too: a prompt's responses go by their tokens
-    drawn = {"a_0_0": [5, 2], "a_1_0": [3, 9, 1], "a_2_0": [5, 2], "b_0_0": [1]}
-    assert sampler.submission_order(drawn, ["b", "a"], drawn) == ["b_0_0", "a_1_0", "a_0_0", "a_2_0"]
-    with pytest.raises(ValueError, match="no response"):
-        sampler.submission_order(["a_0_0", "a_3_0"], ["a"], drawn)
-    with pytest.raises(ValueError, match="not among the batch's prompts"):
-        sampler.submission_order(["zz_0_0"], prompts)
-    with pytest.raises(ValueError, match="session_id"):
-        sampler.submission_order(["b7e1-0"], prompts)
-
-
 def test_sampler_interval_is_checked():
     assert sampler.poll_interval_from({}) == sampler.DEFAULT_POLL_INTERVAL_S
     assert sampler.poll_interval_from({"poll_interval": "0.5"}) == 0.5

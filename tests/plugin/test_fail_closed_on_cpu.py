@@ -170,6 +170,12 @@ VALUES = [
     ([f"{ROLLOUT}.temperature=0"], f"{ROLLOUT}.temperature", "every group-relative advantage"),
     ([f"{ROLLOUT}.do_sample=false"], f"{ROLLOUT}.do_sample", "every group-relative advantage"),
     (["trainer.critic_warmup=5"], "trainer.critic_warmup", "the actor is never updated"),
+    # verl-stable's ordered sampler is verl's synchronous one
+    (
+        ["trainer.v1.sampler.custom_sampler.path=pkg://verl_stable.integration.replay_buffer",
+         "trainer.v1.sampler.custom_sampler.name=GroupOrderedReplayBuffer", "trainer.v1.trainer_mode=separate_async"],
+        "trainer.v1.trainer_mode", "does not run in an async mode",
+    ),
 ]
 
 

@@ -67,6 +67,11 @@ def test_recipe_composes_converts_and_validates_at_its_world_size(recipe, data):
     # prompt + response fit the model's 32,768 positions (the paper's 32,768 would need YaRN on trainer and rollout)
     assert config.data.train_batch_size * config.actor_rollout_ref.rollout.n == 1024 * n
     assert config.actor_rollout_ref.actor.ppo_mini_batch_size * config.actor_rollout_ref.rollout.n == 1024
+    # ... made of whole groups, whatever order the rollouts finish in (verl's v1 sampler: completion order)
+    assert config.trainer.use_v1 and config.trainer.v1.sampler.custom_sampler.path == (
+        "pkg://verl_stable.integration.replay_buffer"
+    )
+    assert config.trainer.v1.sampler.custom_sampler.name == "GroupOrderedReplayBuffer"
     assert config.data.max_response_length == 30720 and recipes.world_size(config) == 64
     assert config.actor_rollout_ref.rollout.quantization == "fp8"  # the paper's FP8 rollout is the grid's default
     # equal gradient steps (512) for every N

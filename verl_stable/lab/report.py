@@ -171,18 +171,39 @@ def render(
         "each request from (seed, prompt, how often the prompt was asked), so a rerun samples the same responses "
         "from the same weights: step 1's samples and the held-out accuracy before training repeat exactly"
         + (" (the variants of a seed share that evaluation: it ran once)" if meta.get("baseline_eval") else "")
-        + ". Not bit for bit after that: the trainer's bf16 "
-        "update sums in an order that depends on the thread count and on the order verl's replay buffer returns "
-        "the batch, so the weights after the first update differ in their last bits, and over many steps at a "
-        "high lr those differences can grow into different runs: three runs of one seed of the lab's off-policy "
-        "N=2 comparison at lr 1e-3 ended at 0.31, 0.36 and 0.67 held-out accuracy (docs/lab/search.md, entry 6). "
-        "A rerun reproduces the seeds' setup, not their outcome: read the intervals, which is why a verdict "
-        "needs several seeds.",
+        + (
+            _repeats(args["threads"])
+            if "threads" in args and args.get("trainer") != "v1"
+            else _completion_ordered("this run predates the lab's content-ordered batches and fixed thread count")
+            if "threads" not in args
+            else _completion_ordered("`--trainer v1` runs verl's own sampler")
+        ),
         "",
         f"Platform: {json.dumps(meta.get('platform', {}))}.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _repeats(threads) -> str:
+    return (
+        ". The trainer gets each step's batch in an order that is a function of its content (prompts in "
+        "submission order, a prompt's responses by their tokens; verl's own sampler hands them over in the order "
+        "they finished) and every verl process runs on "
+        + f"{threads} thread(s) (`--threads`), whatever `OMP_NUM_THREADS` the shell exports, so a rerun on the same "
+        "machine repeats every run bit for bit. Another machine's kernels, or another `--threads`, sum the bf16 "
+        "update in another order: the weights differ in their last bits from the first update on, and at a high lr "
+        "those differences can grow into different runs. A verdict rests on the intervals over seeds, not on one "
+        "machine's runs."
+    )
+
+
+def _completion_ordered(why: str) -> str:
+    return (
+        f". Not bit for bit after that: {why}, which hands the "
+        "trainer each batch in the order the rollouts finished, and off-policy that decided which trajectories "
+        "shared a mini-batch, so reruns of it differ from the first update on."
+    )
 
 
 NULL_MEANS = "null: not measured (the run reported no such metric) or not finite (NaN/inf, which JSON cannot hold)"

@@ -120,10 +120,11 @@ def grid(cold_starts: Iterable[str] = ("default",)) -> dict[str, Variant]:
 
 
 #: ``verl-stable lab`` without --full (the main job): the most robust finding of the lab's search
-#: (docs/lab/search.md), off-policy N=2 with and without clipping, both with R2, over the default size's two seeds:
-#: clipping's lead held in every seed tried. ``--variants`` runs any other (the on-policy block:
+#: (docs/lab/search.md, entry 12), off-policy N=4 with and without clipping, both with R3 (the replay the paper keeps
+#: stable at N=4), over the default size's two seeds: with batches laid out by content (whole groups per mini-batch),
+#: clipping's lead held in both seeds at nearly the same size. ``--variants`` runs any other (the on-policy block:
 #: ``minirl,minirl_no_is,minirl_length_norm,minirl_r3``); ``--full`` runs them all.
-DEFAULT_VARIANTS: tuple[str, ...] = ("n2_r2", "n2_r2_no_clip")
+DEFAULT_VARIANTS: tuple[str, ...] = ("n4_r3", "n4_r3_no_clip")
 #: ``--quick`` (CI): one off-policy R2 run draws every plot (staleness KL, clipping and
 #: route agreement need the second mini-batch) and writes the report. Start-up dominates each variant (README, "A
 #: real run"), so a second variant would nearly double CI's time; no finding is tested at this size.

@@ -49,13 +49,19 @@ from verl_stable.validation.names import FREE_FORM, check_added_keys, check_regi
 from verl_stable.validation.ranges import RANGES, Range, check_finite, check_ranges, check_steps
 from verl_stable.validation.rollout import check_rollout
 from verl_stable.validation.routing import ROUTE_RETURNING_ROLLOUTS, check_routing_replay, check_unrouted_tolerance
-from verl_stable.validation.trainer import GROUP_ESTIMATORS, check_batch_sizes, check_meaningless, check_verl
+from verl_stable.validation.trainer import (
+    GROUP_ESTIMATORS,
+    check_batch_sizes,
+    check_meaningless,
+    check_sampler,
+    check_verl,
+)
 
 __all__ = [
     "CHECKS", "EXIT_CONFIG_ERROR", "FREE_FORM", "GROUP_ESTIMATORS", "RANGES", "REPLAY_ENGINE_KEYS",
     "ROLLOUT_IS_LEVELS", "ROUTE_RETURNING_ROLLOUTS", "ROUTE_RETURN_KEY", "SKIP_ENV", "ConfigError", "ConfigIssue",
     "Range", "ValidateOnJobStart", "announce_skip", "check_added_keys", "check_batch_sizes", "check_clip",
-    "check_data", "check_finite", "check_loss", "check_meaningless", "check_model", "check_model_shape",
+    "check_data", "check_finite", "check_loss", "check_meaningless", "check_sampler", "check_model", "check_model_shape",
     "check_ranges", "check_registries", "check_rollout", "check_routing_replay", "check_steps",
     "check_unrouted_tolerance", "check_verl", "compose_trainer_config", "replay_mode", "replay_mode_key", "report",
     "report_warnings", "run_checks", "skip_requested", "validate_overrides", "validate_trainer_config",
@@ -76,6 +82,7 @@ CHECKS: tuple[Callable[[DictConfig], Iterator[ConfigIssue]], ...] = (
     check_model_shape,
     check_meaningless,
     check_batch_sizes,
+    check_sampler,
 )
 
 

@@ -54,6 +54,27 @@ def check_meaningless(config) -> Iterator[ConfigIssue]:
                           "reference policy's log-probs for nothing", "> 0, or use_kl_loss=false", warning=True)
 
 
+#: verl-stable's samplers that order verl's synchronous batches (verl_stable.integration.replay_buffer, the lab's)
+ORDERED_SAMPLERS = (
+    "pkg://verl_stable.integration.replay_buffer:GroupOrderedReplayBuffer",
+    "pkg://verl_stable.lab.sampler:PollingReplayBuffer",
+)
+
+
+def check_sampler(config) -> Iterator[ConfigIssue]:
+    """verl-stable's ordered samplers subclass verl's synchronous replay buffer: refused with an async trainer
+    mode before Ray starts (the sampler itself would raise in the trainer process)."""
+    path = get(config, "trainer.v1.sampler.custom_sampler.path")
+    name = get(config, "trainer.v1.sampler.custom_sampler.name")
+    mode = get(config, "trainer.v1.trainer_mode", "sync")
+    if get(config, "trainer.use_v1", True) and f"{path}:{name}" in ORDERED_SAMPLERS and mode != "sync":
+        yield ConfigIssue(
+            "trainer.v1.trainer_mode", mode, f"trainer.v1.sampler.custom_sampler {name} orders verl's synchronous "
+            "batches (whole prompt groups per mini-batch) and does not run in an async mode",
+            "sync, or unset trainer.v1.sampler.custom_sampler (verl's own sampler)",
+        )
+
+
 def check_batch_sizes(config) -> Iterator[ConfigIssue]:
     """The divisibility verl's workers assert mid-run (engine micro-batching), checked up front."""
     if get(config, f"{ACTOR}.use_dynamic_bsz", False):
