@@ -176,6 +176,12 @@ VALUES = [
          "trainer.v1.sampler.custom_sampler.name=GroupOrderedReplayBuffer", "trainer.v1.trainer_mode=separate_async"],
         "trainer.v1.trainer_mode", "does not run in an async mode",
     ),
+    (
+        ["trainer.v1.sampler.custom_sampler.path=pkg://verl_stable.integration.replay_buffer",
+         "trainer.v1.sampler.custom_sampler.name=GroupOrderedReplayBuffer",
+         "+trainer.v1.sampler.sampler_kwargs.order_within_group=tokens"],
+        "trainer.v1.sampler.sampler_kwargs.order_within_group", "session, response",
+    ),
 ]
 
 

@@ -43,10 +43,16 @@ def _buffer(cls, mode: str, **kwargs):
 def test_it_is_verls_sync_sampler_and_refuses_the_async_modes():
     buffer = _buffer(rb.GroupOrderedReplayBuffer, "sync")
     assert buffer.trainer_mode == "sync" and buffer.poll_interval == 2.0  # verl's own defaults otherwise
+    assert buffer.order_within_group == "session"  # keys only: nothing read per step on a 30k-token recipe
+    assert _buffer(rb.GroupOrderedReplayBuffer, "sync", order_within_group="response").order_within_group == "response"
+    # the lab's: the poll interval, and each group by its responses (bit-for-bit reruns)
     lab = sampler.PollingReplayBuffer("sync", OmegaConf.create({}), None, "drop", sampler_kwargs={"poll_interval": 0.05})
     assert isinstance(lab, rb.GroupOrderedReplayBuffer) and lab.poll_interval == 0.05
+    assert lab.order_within_group == "response"
     with pytest.raises(ValueError, match=r"trainer.v1.trainer_mode='separate_async'.*unset trainer.v1.sampler"):
         _buffer(rb.GroupOrderedReplayBuffer, "separate_async")
+    with pytest.raises(ValueError, match=r"order_within_group='tokens': expected one of session, response"):
+        _buffer(rb.GroupOrderedReplayBuffer, "sync", order_within_group="tokens")
 
 
 def test_the_overrides_name_verls_extension_point():
@@ -54,3 +60,5 @@ def test_the_overrides_name_verls_extension_point():
         "trainer.v1.sampler.custom_sampler.path=pkg://verl_stable.integration.replay_buffer",
         "trainer.v1.sampler.custom_sampler.name=GroupOrderedReplayBuffer",
     ]
+    assert rb.overrides("response")[-1] == "+trainer.v1.sampler.sampler_kwargs.order_within_group=response"
+    assert "+trainer.v1.sampler.sampler_kwargs.order_within_group=response" in sampler.overrides()

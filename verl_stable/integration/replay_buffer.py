@@ -10,13 +10,19 @@ split across mini-batches. The paper's layout (and verl's legacy trainer's) is w
 command, same seed and same rollouts, differed at step 1 (``pg_loss`` -0.043 against -0.019).
 
 :class:`GroupOrderedReplayBuffer` is verl's class with two methods replaced: prompts are selected and laid out in
-the order verl submitted them (the dataloader's), and each prompt's trajectories follow it, ordered by their
-response token ids (a session id is no fixed draw: which session gets which response is arrival order), then
-session and output index. A mini-batch is then ``ppo_mini_batch_size`` whole groups, and a rerun on the same
-machine repeats the batch bit for bit. Select it through verl's own extension point (the Qwen3-30B-A3B recipe does):
+the order verl submitted them (the dataloader's), and each prompt's trajectories follow it, by session and output
+index. A mini-batch is then ``ppo_mini_batch_size`` whole groups. Select it through verl's own extension point (the
+Qwen3-30B-A3B recipe does):
 
     trainer.v1.sampler.custom_sampler.path=pkg://verl_stable.integration.replay_buffer
     trainer.v1.sampler.custom_sampler.name=GroupOrderedReplayBuffer
+
+Within a group the session id is no fixed draw where the rollout seeds requests in arrival order (the CPU
+``hf_cpu`` rollout does): which session holds which response is then timing, and the update sums the group in a
+different order. ``+trainer.v1.sampler.sampler_kwargs.order_within_group=response`` orders each group by its
+response token ids instead, read from TransferQueue once a step: a rerun on the same machine then repeats the batch
+bit for bit (the CPU lab's setting). It reads every response into the driver, so it is meant for short responses;
+the default, ``session``, reads keys only.
 
 It replaces two private methods of verl's ``ReplayBuffer``, so it refuses any verl but the pinned release.
 Upstream change that would remove it: ``ReplayBuffer._materialize_batch`` laying the batch out by prompt
@@ -31,6 +37,9 @@ import transfer_queue as tq
 from verl.trainer.ppo.v1.replay_buffer import ReplayBuffer
 
 SAMPLER_PATH_KEY = "trainer.v1.sampler.custom_sampler.path"
+WITHIN_GROUP_KEY = "trainer.v1.sampler.sampler_kwargs.order_within_group"
+#: how a group's trajectories are ordered: by session and output index (keys only), or by response token ids first
+WITHIN_GROUP = ("session", "response")
 
 
 def submission_order(
@@ -75,14 +84,24 @@ def _check_verl() -> None:
 class GroupOrderedReplayBuffer(ReplayBuffer):
     """verl's sync :class:`ReplayBuffer`; each batch laid out by :func:`submission_order`, not completion."""
 
-    def __init__(self, trainer_mode: str, *args, **kwargs):
+    def __init__(
+        self, trainer_mode: str, trainer_config, max_off_policy_threshold, max_off_policy_strategy,
+        sampler_kwargs=None, **kwargs,
+    ):  # fmt: skip
+        within = (sampler_kwargs or {}).get("order_within_group", "session")
+        if within not in WITHIN_GROUP:
+            raise ValueError(f"{WITHIN_GROUP_KEY}={within!r}: expected one of {', '.join(WITHIN_GROUP)}")
+        self.order_within_group = within
         if trainer_mode != "sync":
             raise ValueError(
                 f"trainer.v1.trainer_mode={trainer_mode!r}: {type(self).__name__} orders verl's synchronous batches; "
                 f"unset {SAMPLER_PATH_KEY} for the async modes"
             )
         _check_verl()
-        super().__init__(trainer_mode, *args, **kwargs)
+        super().__init__(
+            trainer_mode, trainer_config, max_off_policy_threshold, max_off_policy_strategy,
+            sampler_kwargs=sampler_kwargs, **kwargs,
+        )  # fmt: skip
 
     def _select_prompt_uids(self, partition_id, sampleable_keys, batch_size):
         # verl sorts a set by step only: ties come out in hash order, which differs from process to process.
@@ -97,7 +116,8 @@ class GroupOrderedReplayBuffer(ReplayBuffer):
         submitted = [uid for uid in self.prompt_global_steps[partition_id] if uid in selected]
         submitted += [uid for uid in selected_prompt_uids if uid not in set(submitted)]
         keys = [k for k in partition_snapshot if k.split("_")[0] in selected]
-        keys = submission_order(keys, submitted, _responses(partition_id, keys))
+        responses = _responses(partition_id, keys) if self.order_within_group == "response" else None
+        keys = submission_order(keys, submitted, responses)
         ordered = {k: partition_snapshot[k] for k in keys}
         ordered.update((k, tag) for k, tag in partition_snapshot.items() if k not in ordered)
         return super()._materialize_batch(partition_id, submitted, ordered)
@@ -112,6 +132,13 @@ def _responses(partition_id: str, keys: list[str]) -> dict[str, list[int]]:
     return {k: row.tolist() for k, row in zip(keys, rows, strict=True)}
 
 
-def overrides() -> list[str]:
+def overrides(order_within_group: str = "session") -> list[str]:
     """Hydra overrides that make a v1 sync run use :class:`GroupOrderedReplayBuffer`."""
-    return [f"{SAMPLER_PATH_KEY}=pkg://{__name__}", f"trainer.v1.sampler.custom_sampler.name={GroupOrderedReplayBuffer.__name__}"]
+    if order_within_group not in WITHIN_GROUP:
+        raise ValueError(f"order_within_group={order_within_group!r}: expected one of {', '.join(WITHIN_GROUP)}")
+    within = [f"+{WITHIN_GROUP_KEY}={order_within_group}"] if order_within_group != "session" else []
+    return [
+        f"{SAMPLER_PATH_KEY}=pkg://{__name__}",
+        f"trainer.v1.sampler.custom_sampler.name={GroupOrderedReplayBuffer.__name__}",
+        *within,
+    ]

@@ -11,6 +11,7 @@ verl is patched, and other runs in the same process keep verl's default.
     trainer.v1.sampler.custom_sampler.path=pkg://verl_stable.lab.sampler
     trainer.v1.sampler.custom_sampler.name=PollingReplayBuffer
     +trainer.v1.sampler.sampler_kwargs.poll_interval=0.02
+    +trainer.v1.sampler.sampler_kwargs.order_within_group=response
 
 (:func:`overrides` returns these.) verl passes custom samplers only its constructor contract: DAPO group
 filtering (``algorithm.filter_groups``) and ``sync_refill_failed_groups`` stay verl's defaults (off) under this
@@ -18,8 +19,9 @@ sampler. Upstream change that would remove it: a ``trainer.v1.sampler.poll_inter
 ``ReplayBuffer(poll_interval=...)``.
 
 Each batch comes laid out by its content, not by completion order: it subclasses
-:class:`verl_stable.integration.replay_buffer.GroupOrderedReplayBuffer` (whole prompt groups per mini-batch, the
-same bits on a rerun).
+:class:`verl_stable.integration.replay_buffer.GroupOrderedReplayBuffer` (whole prompt groups per mini-batch), and
+orders each group by its responses' token ids (the lab's 4-token answers are cheap to read): a rerun repeats the
+batch bit for bit.
 """
 
 from __future__ import annotations
@@ -48,11 +50,17 @@ class PollingReplayBuffer(GroupOrderedReplayBuffer):
     """:class:`GroupOrderedReplayBuffer` (verl's sync sampler, batches laid out by content); the poll interval
     comes from ``sampler_kwargs.poll_interval``."""
 
-    def __init__(self, trainer_mode: str, *args, sampler_kwargs=None, **kwargs):
+    def __init__(
+        self, trainer_mode: str, trainer_config, max_off_policy_threshold, max_off_policy_strategy,
+        sampler_kwargs=None, **kwargs,
+    ):  # fmt: skip
+        sampler_kwargs = {"order_within_group": "response", **(sampler_kwargs or {})}
         kwargs.pop("poll_interval", None)
         super().__init__(
             trainer_mode,
-            *args,
+            trainer_config,
+            max_off_policy_threshold,
+            max_off_policy_strategy,
             sampler_kwargs=sampler_kwargs,
             poll_interval=poll_interval_from(sampler_kwargs),
             **kwargs,
@@ -66,4 +74,5 @@ def overrides(poll_interval_s: float = DEFAULT_POLL_INTERVAL_S) -> list[str]:
         f"trainer.v1.sampler.custom_sampler.path=pkg://{__name__}",
         "trainer.v1.sampler.custom_sampler.name=PollingReplayBuffer",
         f"+trainer.v1.sampler.sampler_kwargs.poll_interval={poll_interval_s}",
+        "+trainer.v1.sampler.sampler_kwargs.order_within_group=response",
     ]

@@ -67,12 +67,20 @@ def check_sampler(config) -> Iterator[ConfigIssue]:
     path = get(config, "trainer.v1.sampler.custom_sampler.path")
     name = get(config, "trainer.v1.sampler.custom_sampler.name")
     mode = get(config, "trainer.v1.trainer_mode", "sync")
-    if get(config, "trainer.use_v1", True) and f"{path}:{name}" in ORDERED_SAMPLERS and mode != "sync":
+    if not (get(config, "trainer.use_v1", True) and f"{path}:{name}" in ORDERED_SAMPLERS):
+        return
+    if mode != "sync":
         yield ConfigIssue(
             "trainer.v1.trainer_mode", mode, f"trainer.v1.sampler.custom_sampler {name} orders verl's synchronous "
             "batches (whole prompt groups per mini-batch) and does not run in an async mode",
             "sync, or unset trainer.v1.sampler.custom_sampler (verl's own sampler)",
         )
+    from verl_stable.integration.replay_buffer import WITHIN_GROUP, WITHIN_GROUP_KEY
+
+    within = get(config, WITHIN_GROUP_KEY, "session")
+    if within not in WITHIN_GROUP:
+        yield ConfigIssue(WITHIN_GROUP_KEY, within, f"{name} orders a group by one of {', '.join(WITHIN_GROUP)}",
+                          " or ".join(WITHIN_GROUP))
 
 
 def check_batch_sizes(config) -> Iterator[ConfigIssue]:
