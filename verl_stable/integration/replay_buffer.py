@@ -114,12 +114,12 @@ class GroupOrderedReplayBuffer(ReplayBuffer):
     def _materialize_batch(self, partition_id, selected_prompt_uids, partition_snapshot):
         selected = set(selected_prompt_uids)
         submitted = [uid for uid in self.prompt_global_steps[partition_id] if uid in selected]
-        submitted += [uid for uid in selected_prompt_uids if uid not in set(submitted)]
+        listed = set(submitted)
+        submitted += [uid for uid in selected_prompt_uids if uid not in listed]
         keys = [k for k in partition_snapshot if k.split("_")[0] in selected]
         responses = _responses(partition_id, keys) if self.order_within_group == "response" else None
-        keys = submission_order(keys, submitted, responses)
-        ordered = {k: partition_snapshot[k] for k in keys}
-        ordered.update((k, tag) for k, tag in partition_snapshot.items() if k not in ordered)
+        # verl's _materialize_batch keeps the snapshot's order and only the selected prompts' trajectories
+        ordered = {k: partition_snapshot[k] for k in submission_order(keys, submitted, responses)}
         return super()._materialize_batch(partition_id, submitted, ordered)
 
 

@@ -171,18 +171,21 @@ def render(
         "each request from (seed, prompt, how often the prompt was asked), so a rerun samples the same responses "
         "from the same weights: step 1's samples and the held-out accuracy before training repeat exactly"
         + (" (the variants of a seed share that evaluation: it ran once)" if meta.get("baseline_eval") else "")
-        + (
-            _repeats(args["threads"])
-            if "threads" in args and args.get("trainer") != "v1"
-            else _completion_ordered("this run predates the lab's content-ordered batches and fixed thread count")
-            if "threads" not in args
-            else _completion_ordered("`--trainer v1` runs verl's own sampler")
-        ),
+        + _determinism(args),
         "",
         f"Platform: {json.dumps(meta.get('platform', {}))}.",
         "",
     ]
     return "\n".join(lines)
+
+
+def _determinism(args: Mapping) -> str:
+    """What repeats after step 1: every number where the lab ordered the batches and fixed the thread count."""
+    if "threads" not in args:
+        return _completion_ordered("this run predates the lab's content-ordered batches and fixed thread count")
+    if args.get("trainer") == "v1":
+        return _completion_ordered("`--trainer v1` runs verl's own sampler")
+    return _repeats(args["threads"])
 
 
 def _repeats(threads) -> str:
