@@ -3,7 +3,7 @@
 # lab -- the paper's comparisons as runs of `python -m verl_stable.main` through verl's real trainer (tiny MoE,
 # hf_cpu rollout, FSDP2 engine over gloo) -- and write plots and a Markdown report. Prints where the report is.
 # Extra arguments go to `verl-stable lab`, e.g.
-#   bash scripts/lab_cpu.sh --quick                       # CI size (one variant x 2 steps, one seed)
+#   bash scripts/lab_cpu.sh --quick                       # CI size (one variant x 4 gradient steps, one seed)
 #   bash scripts/lab_cpu.sh --full                        # the whole grid, longer runs
 #   bash scripts/lab_cpu.sh --variants minirl,n4_r2 --steps 12
 # scripts/main_job.sh runs this script.

@@ -50,7 +50,8 @@ def test_quick_lab_prints_progress_and_where_the_report_is(quick):
     out, stdout = quick
     assert f"[lab] report: {out / 'report.md'}" in stdout
     for name in QUICK:
-        assert f" {name} " in stdout and f"step {variants.QUICK.steps}/{variants.QUICK.steps}" in stdout
+        rollouts = variants.grid()[name].rollout_steps(variants.QUICK)  # verl's steps: N updates each
+        assert f" {name} " in stdout and f"step {rollouts}/{rollouts}" in stdout
     assert len(stdout.splitlines()) < 40, stdout  # verl's own output stays in each run's train.log
     assert (out / "runs" / QUICK[0] / "train.log").stat().st_size > 10_000
 
@@ -66,10 +67,12 @@ def test_every_variant_ran_through_verls_launcher_with_its_switches(quick):
         v = variants.grid()[name]
         mode = next((p.split("=")[1] for p in v.presets if p.startswith("routing_replay=")), "disabled")
         assert cfg.actor_rollout_ref.actor.fsdp_config.router_replay.mode == mode
-        assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == cfg.data.train_batch_size // v.n_minibatches
+        # the paper's off-policy sizing: N mini-batches of the gradient step's prompts per rollout
+        assert cfg.actor_rollout_ref.actor.ppo_mini_batch_size == variants.QUICK.prompts_per_step
+        assert cfg.data.train_batch_size == variants.QUICK.prompts_per_step * v.n_minibatches
         rows = read_metrics(run / "metrics.jsonl")
         steps = [r["step"] for r in rows if "critic/score/mean" in r["data"]]
-        assert steps == list(range(1, variants.QUICK.steps + 1))
+        assert steps == list(range(1, v.rollout_steps(variants.QUICK) + 1))
         assert any(metrics.val_key(r["data"]) for r in rows if r["step"] == 0)  # held-out accuracy before training
 
 
@@ -85,8 +88,9 @@ def test_plots_exist_and_show_every_variants_metrics(quick):
     shown = json.loads((out / "plots" / "data.json").read_text())
     for spec in plots.PLOTS:  # N=2: the second mini-batch is stale, so even the staleness KL is drawn
         assert set(shown[spec.file]) == set(QUICK), spec.file
-        for name in QUICK:
-            rows = read_metrics(out / "runs" / name / "metrics.jsonl")
+        for name in QUICK:  # drawn against gradient steps: rollout k of N updates at step N x k
+            n = variants.grid()[name].n_minibatches
+            rows = metrics.in_gradient_steps(read_metrics(out / "runs" / name / "metrics.jsonl"), n)
             assert [tuple(p) for p in shown[spec.file][name]] == [
                 p for p in metrics.series(rows, spec.keys) if not spec.log or p[1] > 0
             ]
@@ -127,7 +131,8 @@ def test_a_rerun_repeats_every_metric_bit_for_bit_whatever_the_shell_exports(qui
     )
     first = {r["step"]: r["data"] for r in read_metrics(out / "runs" / name / "metrics.jsonl")}
     second = {r["step"]: r["data"] for r in read_metrics(again / "runs" / name / "metrics.jsonl")}
-    assert first.keys() == second.keys() == {0, *range(1, steps + 1)}
+    rollouts = variants.grid()[name].rollout_steps(variants.QUICK)
+    assert first.keys() == second.keys() == {0, *range(1, rollouts + 1)}
 
     def measured(key: str) -> bool:  # wall time, throughput and memory: not the run's numbers
         return key.startswith(("timing_", "perf/")) or "/perf/" in key or key.endswith("_memory_used_gb")

@@ -28,7 +28,7 @@ def two_seeds(tmp_path_factory, ci_cold_start_models):
     env = {**os.environ, "RAY_DEDUP_LOGS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("VERBOSE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_stable.lab", "--out", str(out), "--quick", "--steps", "1", "--seeds", "2"],
+        [sys.executable, "-m", "verl_stable.lab", "--out", str(out), "--quick", "--steps", "2", "--seeds", "2"],
         cwd=out.parent,
         env=env,
         capture_output=True,
@@ -74,7 +74,10 @@ def test_report_summary_and_plots_read_every_seed(two_seeds):
     assert set(shown) == {"mean", "min", "max", "seeds"} and set(shown["seeds"]) == {"0", "1"}
     text = (out / "report.md").read_text()
     assert "seeds 0, 1 (K = 2" in text and "Method: paired by seed" in text and "min-max over seeds" in text
-    assert {f["status"] for f in summary["findings"]} == {"not tested"}  # one variant: nothing to compare
+    # one variant: nothing to compare, but its own stability (end against its start), paired over both seeds
+    own = [f for f in summary["findings"] if f["status"] != "not tested"]
+    assert [f["claim"] for f in own] == [next(c.text for c in variants.CLAIMS if c.expect == "a learns" and c.a == NAME)]
+    assert own[0]["intervals"][0]["seeds"] == [0, 1] and own[0]["intervals"][0]["lo"] is not None
 
 
 def test_the_several_seed_report_is_rewritten_from_what_the_run_saved(two_seeds, tmp_path):

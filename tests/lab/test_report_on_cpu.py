@@ -85,6 +85,34 @@ def test_write_draws_the_plots_and_tables_every_variant(tmp_path):
     assert len(list((tmp_path / "plots").glob("*.png"))) == len(plots.PLOTS) + 2  # + route agreement, overview
 
 
+def test_off_policy_rollouts_are_drawn_and_summarised_at_the_gradient_steps_they_stand_for(tmp_path):
+    """N=2 rollouts k = 1, 2 are updates 1-2 and 3-4: the rollout's numbers land on its first update (as on-policy
+    step k's do), its held-out evaluation on its last. A run from before the lab's equal-update sizing (no
+    ``step_unit`` in its meta) keeps verl's steps."""
+    val = "val-core/lab/acc/mean@8"
+    rows = [{"step": 0, "data": {val: 0.5}}, *_rows([0.1, 0.3], **{val: [0.55, 0.6]})]
+    moved = metrics.in_gradient_steps(rows, 2)
+    assert [(r["step"], sorted(r["data"])[-1]) for r in moved] == [
+        (0, val), (1, "rollout_corr/k3_kl"), (2, val), (3, "rollout_corr/k3_kl"), (4, val)
+    ]
+    assert metrics.in_gradient_steps(rows, 1) == rows
+    summary = metrics.summarize(TABLE["n2_r2"], moved)
+    assert summary.steps == 4 and summary.heldout_last == 0.6 and summary.train_infer_kl_step1 == 1e-4
+
+    chosen = [TABLE["minirl"], TABLE["n2_r2"]]
+    on_policy = _rows([0.1, 0.2, 0.3, 0.4], **{val: [0.5, 0.5, 0.5, 0.7]})
+    meta = {"args": {"size": {"steps": 4}}, "wall_s": 1.0, "step_unit": variants.STEP_UNIT}
+    report.write(tmp_path / "now", chosen, {"minirl": on_policy, "n2_r2": rows}, meta)
+    shown = json.loads((tmp_path / "now" / "plots" / "data.json").read_text())
+    assert shown["reward.png"]["n2_r2"] == [[1, 0.1], [3, 0.3]]
+    assert shown["heldout_accuracy.png"]["n2_r2"] == [[0, 0.5], [2, 0.55], [4, 0.6]]
+    assert shown["reward.png"]["minirl"] == [[1, 0.1], [2, 0.2], [3, 0.3], [4, 0.4]]
+    old = {k: v for k, v in meta.items() if k != "step_unit"}
+    text = report.write(tmp_path / "before", chosen, {"minirl": on_policy, "n2_r2": rows}, old).read_text()
+    shown = json.loads((tmp_path / "before" / "plots" / "data.json").read_text())
+    assert shown["reward.png"]["n2_r2"] == [[1, 0.1], [2, 0.3]] and "predates the lab's equal-update sizing" in text
+
+
 def test_every_claim_names_the_grid_and_claims_on_variants_not_run_are_not_tested():
     variants.check_claims(variants.CLAIMS, TABLE)
     found = findings.evaluate({})

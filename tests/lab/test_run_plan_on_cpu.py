@@ -139,3 +139,17 @@ def test_every_run_gets_the_labs_thread_count_whatever_the_shell_exports(monkeyp
         run.parse_args(["--threads", "0"])
     with pytest.raises(ValueError, match="--threads"):
         run.Args(threads=0).env
+
+
+def test_a_size_that_is_not_whole_rollouts_is_refused_before_anything_is_built(tmp_path):
+    """``--steps 6`` for an N=4 variant names ``--steps`` before the data set and the cold start are built (minutes)."""
+    import dataclasses
+
+    def must_not_build(*_a, **_k):
+        raise AssertionError("built before the size was checked")
+
+    setup = dataclasses.replace(addition_setup(), data_builder=must_not_build, model_builder=must_not_build)
+    args = run.Args(out=tmp_path, variants=["minirl", "n4_r3"], size=variants.GridSize(steps=6))
+    with pytest.raises(ValueError, match=r"n4_r3: 6 gradient steps \(lab --steps\) are not whole rollouts of 4"):
+        run.run_lab(args, setup)
+    assert run.main(["--variants", "n4_r3", "--steps", "6", "--out", str(tmp_path / "cli")]) == 2

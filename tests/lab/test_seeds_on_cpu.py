@@ -164,9 +164,31 @@ def test_collapses_are_counted_per_seed_with_the_rule():
     assert _found({"n2_r2": clipped, "n2_r2_no_clip": no_clip})[N2_NO_CLIP].status == "reproduced"
 
 
+def test_a_stable_run_is_one_that_ends_above_its_own_start_in_every_seed():
+    """'a learns' pairs each seed's end with that seed's start (the held-out accuracy before training, else the first
+    training reward): all seeds up reproduce it, all down refute it, a split says nothing; one seed only reads."""
+    claim = "Off-policy N=4: MiniRL + R3 (clipping and routing replay) trains stably: it ends above its start"
+
+    def learned(curves: dict[int, list[float]]):
+        by_seed = {s: metrics.summarize(TABLE["n4_r3"], _rows(c)) for s, c in curves.items()}
+        return _found({"n4_r3": by_seed})[claim]
+
+    up = learned({0: [0.2] * 3 + [0.5] * 3, 1: [0.3] * 3 + [0.45] * 3})
+    assert up.status == "reproduced" and up.seeds == 2
+    assert up.intervals[0]["diffs"] == pytest.approx([0.3, 0.15])
+    assert learned({0: [0.5] * 3 + [0.2] * 3, 1: [0.4] * 3 + [0.1] * 3}).status == "not reproduced"
+    assert learned({0: [0.2] * 3 + [0.5] * 3, 1: [0.5] * 3 + [0.2] * 3}).status == "inconclusive"
+    one = {f.claim: f for f in findings.evaluate({"n4_r3": metrics.summarize(TABLE["n4_r3"], _rows([0.2, 0.5]))})}
+    assert one[claim].status == "reproduced" and "start 0.200 -> end 0.500" in one[claim].evidence
+    assert _found({"minirl": _per_seed({"minirl": {0: 0.5}})["minirl"]})[claim].status == "not tested"
+    with pytest.raises(ValueError, match="'a learns' compares a's score with its own start"):
+        variants.check_claims([variants.Claim("x", "a learns", "n4_r3", ("n4_r2",))], TABLE)
+
+
 def test_claims_on_variants_not_run_are_still_not_tested_over_seeds():
     found = findings.evaluate({"minirl": {}, "n2_r2": _per_seed({"n2_r2": {0: 0.5, 1: 0.5}})["n2_r2"]})
-    assert {f.status for f in found} == {"not tested"}
+    # n2_r2 alone is enough for its own stability claim, and for nothing else
+    assert {f.status for f in found if not f.claim.startswith("Off-policy N=2: MiniRL + R2 (")} == {"not tested"}
 
 
 def test_the_mean_summary_averages_the_seeds():

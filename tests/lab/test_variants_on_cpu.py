@@ -18,6 +18,7 @@ from verl_stable.lab.setup import default_setup
 from verl_stable.validation import compose_trainer_config, validate_trainer_config
 
 PROMPTS = 8
+STEPS = 4  # gradient steps: whole rollouts at every N the lab runs
 MINI = "actor_rollout_ref.actor.ppo_mini_batch_size"
 LOSS = "actor_rollout_ref.actor.policy_loss.loss_mode"
 ROLLOUT_IS = "algorithm.rollout_correction.rollout_is"
@@ -33,7 +34,7 @@ OWNED = {
     "algorithm=minirl_no_clip": {LOSS},
     "routing_replay=R2": {REPLAY},
     "routing_replay=R3": {REPLAY, ROLLOUT_ROUTES},
-    "mini": {MINI},
+    "mini": {MINI, "data.train_batch_size", "trainer.total_training_steps", "trainer.test_freq"},
     "cold": {MODEL},
 }
 
@@ -54,7 +55,7 @@ def _flat(cfg) -> dict:
 
 def _base(tmp: Path, cold_start: str = "default") -> list[str]:
     setup = addition_setup()
-    args = run.Args(out=tmp, size=variants.GridSize(steps=3, prompts_per_step=PROMPTS))
+    args = run.Args(out=tmp, size=variants.GridSize(steps=STEPS, prompts_per_step=PROMPTS))
     # real files: the pre-launch check opens them (schema, rows, a scorer for every data source)
     train, val = setup.build_data(tmp / "data", seed=0)
     model = tmp / "models" / cold_start
@@ -97,15 +98,17 @@ def test_variant_changes_only_what_it_names(base_config, name):
         overrides = [
             o if not o.startswith(f"{MODEL}=") else f"{MODEL}={tmp / 'models' / v.cold_start}" for o in overrides
         ]
-    cfg = compose_trainer_config(run.variant_overrides(v, run.Args(size=variants.GridSize(3, PROMPTS)), overrides))
+    cfg = compose_trainer_config(run.variant_overrides(v, run.Args(size=variants.GridSize(STEPS, PROMPTS)), overrides))
     changed = _diff(base, _flat(cfg))
     assert changed <= _owned(v), f"{name} also changed {sorted(changed - _owned(v))}"
     # and it does change what it names
     flat = _flat(cfg)
-    if v.n_minibatches > 1:
-        assert flat[MINI] == PROMPTS // v.n_minibatches
-    else:
-        assert flat[MINI] == PROMPTS
+    # the paper's sizing: N x the prompts per rollout, mini-batches of the on-policy size, STEPS / N rollouts
+    n = v.n_minibatches
+    assert flat[MINI] == PROMPTS
+    assert flat["data.train_batch_size"] == PROMPTS * n
+    assert flat["trainer.total_training_steps"] == STEPS // n
+    assert flat["trainer.test_freq"] == STEPS // n
     if "routing_replay=R2" in v.presets:
         assert flat[REPLAY] == "R2" and flat[ROLLOUT_ROUTES] is False
     elif "routing_replay=R3" in v.presets:
@@ -130,7 +133,7 @@ def test_variants_share_seeds_data_sizes_and_the_fast_sampler(base_config):
 @pytest.mark.parametrize("name", ["minirl", "minirl_r3", "n4_r3_no_clip", "n2_r3"])
 def test_variant_configs_pass_verl_stables_validation(tmp_path, name):
     v = TABLE[name]
-    overrides = run.variant_overrides(v, run.Args(size=variants.GridSize(3, PROMPTS)), _base(tmp_path))
+    overrides = run.variant_overrides(v, run.Args(size=variants.GridSize(STEPS, PROMPTS)), _base(tmp_path))
     addition_setup().build_model(tmp_path / "models" / "default")
     validate_trainer_config(compose_trainer_config(overrides))
 
@@ -165,9 +168,12 @@ def test_unknown_variant_and_indivisible_batch_are_refused():
     with pytest.raises(ValueError, match="unknown variant.*nope.*known: minirl"):
         variants.select(["minirl,nope"], TABLE)
     with pytest.raises(
-        ValueError, match=r"n4_r2: 6 prompts per step \(lab --prompts\) do not split into 4 mini-batches"
+        ValueError, match=r"n4_r2: 6 gradient steps \(lab --steps\) are not whole rollouts of 4 updates"
     ):
-        TABLE["n4_r2"].overrides(6)
+        TABLE["n4_r2"].overrides(variants.GridSize(steps=6))
+    with pytest.raises(ValueError, match=r"n4_r2: held-out eval every 6 gradient steps falls inside a rollout"):
+        TABLE["n4_r2"].overrides(variants.GridSize(steps=12, eval_every=6))
+    assert TABLE["minirl"].overrides(variants.GridSize(steps=6, eval_every=3)) == list(TABLE["minirl"].presets)
 
 
 def test_sampler_interval_is_checked():

@@ -26,6 +26,8 @@ from verl_stable.lab.variants import CLAIMS, Claim
 
 #: A comparison between two variants' scores counts only beyond this gap (accuracy / reward units).
 MARGIN = 0.02
+#: Claims judged on their variant alone (the b's that ran only add a comparison): the others need their b's.
+ON_A_ALONE = ("a collapses", "a learns")
 #: A KL counts as lower only below (1 - KL_MARGIN) x the other.
 KL_MARGIN = 0.05
 
@@ -228,6 +230,15 @@ def _collapses(claim: Claim, a: Summary, rivals: Sequence[Summary]) -> Finding:
     return Finding(claim.text, status, text)
 
 
+def _learns(claim: Claim, a: Summary) -> Finding:
+    text = f"{a.name} start {a.start:.3f} -> end {a.score:.3f}"
+    if not (math.isfinite(a.start) and math.isfinite(a.score)):
+        return Finding(claim.text, "inconclusive", text + " (missing)")
+    gain = a.score - a.start
+    status = "reproduced" if gain > MARGIN else "not reproduced" if gain < -MARGIN else "inconclusive"
+    return Finding(claim.text, status, text + ("" if abs(gain) > MARGIN else f" (within {MARGIN})"))
+
+
 def _converge(claim: Claim, group: Sequence[Summary]) -> Finding:
     scores = [getattr(s, claim.metric) for s in group]
     first = [s.start for s in group]
@@ -251,9 +262,9 @@ def judge(claim: Claim, summaries: Mapping[str, Summary]) -> Finding:
     rivals = [summaries[n] for n in claim.b if n in summaries]
     # "a>b" over several b's judges the ones that ran; a collapse is judged on a alone (the b's that ran add a
     # comparison); "a<=b" and "a<b" need their b
-    enough = {"a>b": bool(rivals), "a collapses": True}.get(claim.expect, len(rivals) == len(claim.b))
+    enough = claim.expect in ON_A_ALONE or (bool(rivals) if claim.expect == "a>b" else len(rivals) == len(claim.b))
     if claim.a not in summaries or not enough:
-        needed = (claim.a,) if claim.expect == "a collapses" else (claim.a, *claim.b)
+        needed = (claim.a,) if claim.expect in ON_A_ALONE else (claim.a, *claim.b)
         missing = [n for n in needed if n not in summaries]
         return Finding(claim.text, "not tested", "needs variants " + ", ".join(missing))
     a = summaries[claim.a]
@@ -265,6 +276,8 @@ def judge(claim: Claim, summaries: Mapping[str, Summary]) -> Finding:
         return _lower(claim, a, rivals[0])
     if claim.expect == "a collapses":
         return _collapses(claim, a, rivals)
+    if claim.expect == "a learns":
+        return _learns(claim, a)
     raise ValueError(f"claim {claim.text!r}: no evaluator for expect={claim.expect!r}")
 
 
@@ -319,12 +332,15 @@ def _judge_seeds(claim: Claim, per_seed: Mapping[str, Mapping[int, Summary]]) ->
         status = "reproduced" if sign < 0 else "not reproduced" if sign > 0 else "inconclusive"
         return _seed_finding(claim, status, [iv], [f"variants {', '.join(group)}"], iv.n)
     rivals = [n for n in claim.b if n in ran]
-    enough = {"a>b": bool(rivals), "a collapses": True}.get(claim.expect, len(rivals) == len(claim.b))
+    enough = claim.expect in ON_A_ALONE or (bool(rivals) if claim.expect == "a>b" else len(rivals) == len(claim.b))
     if claim.a not in ran or not enough:
-        needed = (claim.a,) if claim.expect == "a collapses" else (claim.a, *claim.b)
+        needed = (claim.a,) if claim.expect in ON_A_ALONE else (claim.a, *claim.b)
         missing = [n for n in needed if n not in ran]
         return Finding(claim.text, "not tested", "needs variants " + ", ".join(missing))
     a = ran[claim.a]
+    if claim.expect == "a learns":  # paired with itself: each seed's end minus that seed's start
+        iv = paired_interval(f"{claim.a} end", "start", _values(a, "score"), _values(a, "start"), "score")
+        return _seed_finding(claim, _combine([iv.sign()]), [iv], [], iv.n)
     if claim.expect == "a collapses":
         k, total, text = _collapse_count(claim.a, a)
         intervals = [paired_interval(b, claim.a, _values(ran[b], metric), _values(a, metric), metric) for b in rivals]

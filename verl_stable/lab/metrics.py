@@ -30,6 +30,10 @@ _LAYER = re.compile(
 )
 
 
+#: verl's validation keys: the held-out evaluation's numbers in a metrics row
+HELD_OUT_PREFIXES = ("val-core/", "val-aux/")
+
+
 def val_key(data: Mapping) -> str | None:
     for key in data:
         if _VAL.match(key):
@@ -57,7 +61,7 @@ def baseline_eval(rows: Sequence[dict]) -> dict | None:
     for row in rows:
         data = row.get("data", {})
         if int(row.get("step", -1)) == 0 and val_key(data) is not None:
-            return {"step": 0, "data": {k: v for k, v in data.items() if k.startswith(("val-core/", "val-aux/"))}}
+            return {"step": 0, "data": {k: v for k, v in data.items() if k.startswith(HELD_OUT_PREFIXES)}}
     return None
 
 
@@ -108,12 +112,34 @@ def collapsed(rewards: Sequence[tuple[int, float]], entropy: Sequence[tuple[int,
     return best >= 0.1 and tail_mean(rewards) < 0.5 * best
 
 
-def step_overhead(rows: Sequence[dict], first_step: int = 2) -> float:
-    """Median over steps from ``first_step`` on (step 1 carries start-up) of timing_s/step / sum of compute phases."""
-    ratios = []
+def in_gradient_steps(rows: Sequence[dict], n: int) -> list[dict]:
+    """An off-policy run's rows on the axis of updates made, so runs of different N compare at equal gradient steps.
+    verl's step k is a rollout of ``n`` updates: what it measured of the rollout and the updates (reward, KLs, loss)
+    lands on the first of those updates, ``n (k - 1) + 1``, as an on-policy step k does; its held-out evaluation
+    (``val-*``), made after them, on the last, ``n k``. The evaluation before training stays at step 0."""
+    if n == 1:
+        return list(rows)
+    out = []
     for row in rows:
-        if int(row.get("step", 0)) < first_step:
+        step = int(row.get("step", 0))
+        if step < 1:
+            out.append(row)
             continue
+        data = row.get("data", {})
+        held_out = {k: v for k, v in data.items() if k.startswith(HELD_OUT_PREFIXES)}
+        train = {k: v for k, v in data.items() if k not in held_out}
+        if train:
+            out.append({**row, "step": n * (step - 1) + 1, "data": train})
+        if held_out:
+            out.append({**row, "step": n * step, "data": held_out})
+    return out
+
+
+def step_overhead(rows: Sequence[dict]) -> float:
+    """Median over the steps after the first (it carries start-up) of timing_s/step / sum of compute phases."""
+    ratios = []
+    timed = sorted((r for r in rows if STEP_TIME in r.get("data", {})), key=lambda r: int(r.get("step", 0)))
+    for row in timed[1:]:
         data = row.get("data", {})
         step = data.get(STEP_TIME)
         phases = sum(data.get(f"timing_s/{p}", 0.0) for p in PHASES)
@@ -130,7 +156,7 @@ class Summary:
     name: str
     label: str
     regime: str
-    steps: int
+    steps: int  # the last step logged (gradient steps where the rows count them)
     reward_first: float
     reward_last: float
     heldout_first: float
@@ -166,13 +192,14 @@ def summarize(variant: Variant, rows: Sequence[dict]) -> Summary:
         name=variant.name,
         label=variant.label,
         regime=variant.regime,
-        steps=len(reward),
+        steps=max((int(r.get("step", 0)) for r in rows), default=0),
         reward_first=reward[0][1] if reward else float("nan"),
         reward_last=tail_mean(reward),
         heldout_first=heldout[0][1] if heldout else float("nan"),
         heldout_last=heldout[-1][1] if heldout else float("nan"),
         train_infer_kl=mean(v for _, v in kl),
-        train_infer_kl_step1=next((v for step, v in kl if step == 1), float("nan")),
+        # the first rollout's (step 1; step N where the rows count gradient steps)
+        train_infer_kl_step1=kl[0][1] if kl else float("nan"),
         staleness_kl=mean(v for _, v in series(rows, (LOSS_METRICS.STALENESS_KL_K3,))),
         clipfrac=mean(v for _, v in series(rows, (LOSS_METRICS.CLIPFRAC,))),
         entropy_first=entropy[0][1] if entropy else float("nan"),

@@ -101,7 +101,7 @@ def _curve(ax, curves: Mapping[int, Points], label: str):
     return agg
 
 
-def draw(out: Path, chosen: Sequence[Variant], runs: Mapping) -> list[Path]:
+def draw(out: Path, chosen: Sequence[Variant], runs: Mapping, xlabel: str = "step") -> list[Path]:
     """``out/plots/*.png`` (overview, one per :data:`PLOTS`, per-layer route agreement) and ``plots/data.json``,
     the points each figure shows: a variant's points (one seed), or its mean / min / max / per-seed points.
     ``runs``: ``{variant: {seed: rows}}`` or one seed's ``{variant: rows}``."""
@@ -132,7 +132,7 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping) -> list[Path]:
                 drawn += 1
         title = spec.title + (f"\n(band: {BAND})" if several else "")
         ax.set_title(title, fontsize=10 if record else 8)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(spec.ylabel)
         if spec.log and drawn:
@@ -172,7 +172,7 @@ def draw(out: Path, chosen: Sequence[Variant], runs: Mapping) -> list[Path]:
             if shown is not None:
                 plotted.setdefault("route_agreement.png", {})[f"{v.name}/{lname}"] = shown
         ax.set_title(lname, fontsize=9)
-        ax.set_xlabel("step")
+        ax.set_xlabel(xlabel)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from verl_stable.lab.findings import COLLAPSE_RULE, MARGIN, METHOD, Finding, evaluate
-from verl_stable.lab.metrics import Summary, finite_or_null, mean_summary, run_dir, summarize
+from verl_stable.lab.metrics import Summary, finite_or_null, in_gradient_steps, mean_summary, run_dir, summarize
 from verl_stable.lab.plots import BAND, draw, per_seed
-from verl_stable.lab.variants import Variant
+from verl_stable.lab.variants import STEP_UNIT, Variant
 
 
 def _fmt(x, spec: str = ".3f") -> str:
@@ -72,8 +72,8 @@ def render(
         "# verl-stable lab report",
         "",
         f"Task **{setup.get('name', '?')}** ({setup.get('task', '')}), model {setup.get('model', '')}; "
-        f"{size.get('steps', '?')} GRPO steps per variant, {size.get('prompts_per_step', '?')} prompts x "
-        f"{size.get('group_size', '?')} responses per step, rollout mismatch setting `{setup.get('mismatch', '?')}`, "
+        + _sizes(size, meta.get("step_unit"))
+        + f", rollout mismatch setting `{setup.get('mismatch', '?')}`, "
         f"held-out accuracy avg@{setup.get('eval_k', '?')}, {seed_text}, trainer path "
         f"`{args.get('trainer', '?')}`. Every {'(variant, seed)' if several else 'variant'} is one "
         f"`python -m verl_stable.main` run through verl's trainer "
@@ -101,7 +101,9 @@ def render(
         "accuracy before training and at the last step; KLs, clip fraction and route agreement: means over steps "
         "(route agreement only for R2/R3 runs: mini-batch one agrees by construction under R2); *step / compute*: "
         "median of verl's `timing_s/step` over the sum of its compute phases (generation, reward, π_old pass, "
-        "advantage, update, weight sync), steps 2 on (step 1 carries start-up)."
+        "advantage, update, weight sync), every step after the first (it carries start-up); off-policy, a step is "
+        "a rollout of N updates and the curves put its training numbers at its first update, its held-out "
+        "accuracy at its last."
         + (
             f" With {len(seeds)} seeds every number is the mean over the seeds and *collapsed* counts the seeds "
             "that collapsed (k of K); each seed's own numbers are in `summary.json` (`per_seed`)."
@@ -179,6 +181,19 @@ def render(
     return "\n".join(lines)
 
 
+def _sizes(size: Mapping, unit: str | None) -> str:
+    steps, prompts, group = size.get("steps", "?"), size.get("prompts_per_step", "?"), size.get("group_size", "?")
+    if unit == STEP_UNIT:
+        return (
+            f"{steps} gradient steps per variant of {prompts} prompts x {group} responses each (off-policy N: "
+            f"{steps} / N rollouts of N x {prompts} prompts, N updates per rollout; the steps below count updates)"
+        )
+    return (
+        f"{steps} GRPO steps per variant, {prompts} prompts x {group} responses per step (off-policy N: each "
+        "rollout split into N smaller updates; this run predates the lab's equal-update sizing)"
+    )
+
+
 def _determinism(args: Mapping) -> str:
     """What repeats after step 1: every number where the lab ordered the batches and fixed the thread count."""
     if "threads" not in args:
@@ -235,6 +250,10 @@ def write(out: Path, chosen: Sequence[Variant], runs: Mapping, meta: Mapping) ->
         seed = int((meta.get("seeds") or [meta.get("args", {}).get("seed", 0)])[0])
         runs = {name: {seed: rows} for name, rows in runs.items()}
     runs = per_seed(runs)
+    gradient = meta.get("step_unit") == STEP_UNIT
+    if gradient:  # every variant on one axis: updates made
+        n_of = {v.name: v.n_minibatches for v in chosen}
+        runs = {name: {s: in_gradient_steps(rows, n_of.get(name, 1)) for s, rows in by.items()} for name, by in runs.items()}
     seeds = sorted({s for by_seed in runs.values() for s in by_seed})
     meta.setdefault("seeds", seeds or [meta.get("args", {}).get("seed", 0)])
     summaries = {
@@ -245,7 +264,7 @@ def write(out: Path, chosen: Sequence[Variant], runs: Mapping, meta: Mapping) ->
     failed = _failed(meta)
     judged = {name: {s: x for s, x in by_seed.items() if (name, s) not in failed} for name, by_seed in summaries.items()}
     found = evaluate(judged)
-    plots = draw(out, chosen, runs)
+    plots = draw(out, chosen, runs, xlabel="gradient step (off-policy: N per rollout)" if gradient else "step")
     (out / "summary.json").write_text(
         json.dumps(
             finite_or_null(

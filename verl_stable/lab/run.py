@@ -1,7 +1,7 @@
 """The CPU lab: the paper's grid run through verl's own trainer, then plots and a report.
 
-    verl-stable lab                      # the main job: N=2 + R2 with / without clipping, 2 seeds (README, "A real run")
-    verl-stable lab --quick              # CI size: one variant (n2_r2) x 2 steps, plots + report
+    verl-stable lab                      # the main job (variants.DEFAULT_VARIANTS), 2 seeds (README, "A real run")
+    verl-stable lab --quick              # CI size: one variant (n2_r2) x 4 gradient steps (2 rollouts), plots + report
     verl-stable lab --full               # the whole grid, longer runs
     verl-stable lab --variants minirl,n4_r2 --steps 12 --out runs/lab
     verl-stable lab --seeds 3            # every variant with seeds 0, 1, 2: verdicts from paired intervals
@@ -187,7 +187,7 @@ def variant_overrides(variant: vt.Variant, args: Args, base: list[str]) -> list[
     return [
         *base,
         f"trainer.experiment_name={variant.name}",
-        *variant.overrides(args.size.prompts_per_step),
+        *variant.overrides(args.size),
         *args.extra,
     ]
 
@@ -289,9 +289,10 @@ def run_variant(
         if not first:
             first.append(time.monotonic() - start)
         rows.append(row)
-        print(f"{tag} {console.step_line(row, size.steps)}", flush=True)
+        print(f"{tag} {console.step_line(row, rollouts)}", flush=True)
 
-    print(f"{tag} start: {variant.label}  ({' '.join(variant.overrides(size.prompts_per_step))})", flush=True)
+    rollouts = variant.rollout_steps(size)
+    print(f"{tag} start: {variant.label}  ({' '.join(variant.overrides(size))})", flush=True)
     rc = console.run_trainer(
         overrides, cwd=run_dir, log_path=log, metrics_path=metrics, on_row=on_row, verbose=verbose, env=env
     )
@@ -318,13 +319,15 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = vt.grid(setup.cold_starts)
     chosen = vt.select(args.variants, table)
+    for v in chosen:  # a size that is not whole rollouts of a variant: refused before data and cold starts are built
+        v.overrides(args.size)
     size = args.size
     seeds = args.seed_list
     several = len(seeds) > 1
 
     print(
-        f"[lab] {len(chosen)} variants x {size.steps} steps, {size.prompts_per_step} prompts x {size.group_size} "
-        f"per step, task {setup.name}, cold start {args.cold_start or 'default'}, "
+        f"[lab] {len(chosen)} variants x {size.steps} gradient steps of {size.prompts_per_step} prompts x "
+        f"{size.group_size} (off-policy N: N x the prompts per rollout, N updates each), task {setup.name}, cold start {args.cold_start or 'default'}, "
         f"rollout mismatch {args.mismatch or setup.default_mismatch}, lr {args.lr:g}, "
         f"trainer {args.trainer}, {args.threads} thread(s) per process, "
         + (
@@ -372,7 +375,7 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
 
     runs = []
     for i, (v, s, key, run_dir) in enumerate(jobs, 1):  # seed by seed: a stopped lab has whole seeds to pair
-        done = finished_run(run_dir, named[key], size.steps, args.env) if args.resume else None
+        done = finished_run(run_dir, named[key], v.rollout_steps(size), args.env) if args.resume else None
         if done is not None:
             print(f"[lab] {i}/{len(jobs)} {key}: finished earlier with the same command, reused (--resume): {run_dir}")
             runs.append(VariantRun(v, run_dir, done, 0, 0.0, None, named[key], s, reused=True))
@@ -396,6 +399,7 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
     meta = {
         # whose step-0 held-out row each (variant, seed) shares (lab.report's rewrite applies it again)
         "baseline_eval": [{"variant": name, "seed": s, "from": source} for (name, s), source in baseline_of.items()],
+        "step_unit": vt.STEP_UNIT,
         "args": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(args).items()}},
         "setup": {
             "name": setup.name,
@@ -461,8 +465,12 @@ def parse_args(argv: list[str] | None = None) -> Args:
     size.add_argument("--full", action="store_true", help=f"the whole grid, {vt.FULL.steps} steps each")
     parser.add_argument("--variants", help="comma list of variant names (see --list)")
     parser.add_argument("--list", action="store_true", help="print the variant table and exit")
-    parser.add_argument("--steps", type=int, help="GRPO steps per variant")
-    parser.add_argument("--prompts", type=int, help="prompts per step (a multiple of 4 for the N=4 variants)")
+    parser.add_argument(
+        "--steps", type=int, help="gradient steps per variant (a multiple of 4 for the N=4 variants: N per rollout)"
+    )
+    parser.add_argument(
+        "--prompts", type=int, help="prompts per gradient step (off-policy N rolls out N x as many per step)"
+    )
     parser.add_argument("--out", default="runs/lab", help="output directory (default runs/lab)")
     parser.add_argument("--seed", type=int, default=0, help="the (first) seed (default 0)")
     parser.add_argument(
@@ -520,7 +528,7 @@ def parse_args(argv: list[str] | None = None) -> Args:
     if ns.list:
         for v in vt.grid(default_setup().cold_starts).values():
             model = f"  (model: cold start {v.cold_start})" if v.cold_start != "default" else ""
-            print(f"{v.name:<20} {v.regime:<15} {' '.join(v.overrides(vt.DEFAULT.prompts_per_step))}{model}")
+            print(f"{v.name:<20} {v.regime:<15} {' '.join(v.overrides(vt.DEFAULT))}{model}")
         raise SystemExit(0)
     base = vt.QUICK if ns.quick else vt.FULL if ns.full else vt.DEFAULT
     steps = ns.steps if ns.steps is not None else base.steps

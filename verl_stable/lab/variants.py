@@ -2,9 +2,12 @@
 and the paper's findings as declared :class:`Claim` rows on them.
 
 Every variant is a run of ``python -m verl_stable.main`` on the same base (same seed, data, model and sizes):
-its row names the presets and overrides it adds, and nothing else differs. Off-policy variants split the
-global batch into N mini-batches (``ppo_mini_batch_size`` = prompts per step / N), i.e. N gradient steps per
-rollout; the cold-start rows change only the model they start from.
+its row names the presets and overrides it adds, and nothing else differs. Sizes count gradient steps and the
+prompts of one gradient step, as the paper does: an off-policy variant rolls out N x as many prompts per step and
+splits them into N mini-batches of the on-policy size (``data.train_batch_size`` = N x prompts,
+``ppo_mini_batch_size`` = prompts), over steps / N rollout steps, so every variant makes the same number of
+gradient steps of the same size on the same number of prompts; the cold-start rows change only the model they
+start from.
 
     name               cell                   regime          adds
     minirl ...         minirl ...             on-policy       the cell's algorithm / routing_replay presets
@@ -23,8 +26,14 @@ from typing import Iterable, Mapping, Sequence
 from verl_stable import grid as paper
 
 MINI_BATCH_KEY = "actor_rollout_ref.actor.ppo_mini_batch_size"
-#: The Ns the lab runs. The lab's 8 prompts a step leave one prompt per mini-batch at N=8, a run the paper's
-#: N=8 cells (1,024-response mini-batches) do not resemble; N=4 already shows the R2 / R3 reversal.
+TRAIN_BATCH_KEY = "data.train_batch_size"
+STEPS_KEY = "trainer.total_training_steps"
+TEST_FREQ_KEY = "trainer.test_freq"
+#: what a lab run's step counts (its meta's ``step_unit``): updates, an off-policy rollout being N of them. Runs
+#: made before this sizing split one rollout into N smaller updates and have no ``step_unit``.
+STEP_UNIT = "gradient"
+#: The Ns the lab runs. N=8 would roll out 64 prompts per step over 2 rollout steps at the default size: too few
+#: rollouts to follow a run; N=4 already shows the R2 / R3 reversal.
 LAB_N: tuple[int, ...] = (1, 2, 4)
 
 
@@ -42,15 +51,34 @@ class Variant:
     #: the paper's cell this variant runs scaled down (:data:`verl_stable.grid.CELLS`); "" for the cold starts
     cell: str = ""
 
-    def overrides(self, prompts_per_step: int) -> list[str]:
-        """The Hydra overrides this variant adds to the lab's base (sizes in prompts, as verl counts them)."""
-        if self.n_minibatches < 1 or prompts_per_step % self.n_minibatches:
+    def rollout_steps(self, size: "GridSize") -> int:
+        """verl's steps (rollouts) for ``size.steps`` gradient steps: one per N gradient steps."""
+        if self.n_minibatches < 1 or size.steps % self.n_minibatches:
             raise ValueError(
-                f"variant {self.name}: {prompts_per_step} prompts per step (lab --prompts) do not split into "
-                f"{self.n_minibatches} mini-batches; use a multiple of {self.n_minibatches}"
+                f"variant {self.name}: {size.steps} gradient steps (lab --steps) are not whole rollouts of "
+                f"{self.n_minibatches} updates each; use a multiple of {self.n_minibatches}"
             )
-        mini = [f"{MINI_BATCH_KEY}={prompts_per_step // self.n_minibatches}"] if self.n_minibatches > 1 else []
-        return [*self.presets, *mini, *self.extra]
+        return size.steps // self.n_minibatches
+
+    def overrides(self, size: "GridSize") -> list[str]:
+        """The Hydra overrides this variant adds to the lab's base (sizes in prompts, as verl counts them): an
+        off-policy variant's global batch of N mini-batches, its rollout steps and its held-out eval cadence."""
+        n = self.n_minibatches
+        if n == 1:
+            return [*self.presets, *self.extra]
+        steps = self.rollout_steps(size)
+        if size.eval_every % n:
+            raise ValueError(
+                f"variant {self.name}: held-out eval every {size.eval_every} gradient steps falls inside a rollout of "
+                f"{n} updates; the lab's eval cadence must be a multiple of {n}"
+            )
+        sizes = [
+            f"{TRAIN_BATCH_KEY}={size.prompts_per_step * n}",
+            f"{MINI_BATCH_KEY}={size.prompts_per_step}",
+            f"{STEPS_KEY}={steps}",
+            f"{TEST_FREQ_KEY}={size.eval_every // n if size.eval_every else steps}",
+        ]
+        return [*self.presets, *sizes, *self.extra]
 
     @property
     def label(self) -> str:
@@ -119,12 +147,12 @@ def grid(cold_starts: Iterable[str] = ("default",)) -> dict[str, Variant]:
     return {v.name: v for v in variants}
 
 
-#: ``verl-stable lab`` without --full (the main job): the most robust finding of the lab's search
-#: (docs/lab/search.md, entry 12), off-policy N=4 with and without clipping, both with R3 (the replay the paper keeps
-#: stable at N=4), over the default size's two seeds: with batches laid out by content (whole groups per mini-batch),
-#: clipping's lead held in both seeds at nearly the same size. ``--variants`` runs any other (the on-policy block:
-#: ``minirl,minirl_no_is,minirl_length_norm,minirl_r3``); ``--full`` runs them all.
-DEFAULT_VARIANTS: tuple[str, ...] = ("n4_r3", "n4_r3_no_clip")
+#: ``verl-stable lab`` without --full (the main job): the most robust finding of the lab's search (docs/lab/search.md,
+#: entry 18), off-policy N=4 MiniRL + R3 with clipping trains stably at the paper's sizing (every one of 8 runs, 4
+#: seeds on each of two kernel sets, ended above its start), beside on-policy MiniRL at the same gradient steps, over
+#: the default size's two seeds. Clipping's lead over no clipping at N=4 (+0.075 on both kernel sets, K=4) is not:
+#: its interval excludes zero on one kernel set only. ``--variants`` runs any other; ``--full`` runs them all.
+DEFAULT_VARIANTS: tuple[str, ...] = ("minirl", "n4_r3")
 #: ``--quick`` (CI): one off-policy R2 run draws every plot (staleness KL, clipping and
 #: route agreement need the second mini-batch) and writes the report. Start-up dominates each variant (README, "A
 #: real run"), so a second variant would nearly double CI's time; no finding is tested at this size.
@@ -146,7 +174,8 @@ def select(names: Sequence[str] | None, table: Mapping[str, Variant]) -> list[Va
 
 @dataclass(frozen=True)
 class GridSize:
-    """How big each run is: steps, prompts per step x group size, held-out eval cadence."""
+    """How big each run is, in gradient steps: steps, prompts per gradient step x group size, held-out eval cadence
+    (off-policy variants roll out N gradient steps' prompts at once: :meth:`Variant.overrides`)."""
 
     steps: int
     prompts_per_step: int = 8
@@ -157,9 +186,11 @@ class GridSize:
     seeds: int = 1
 
 
-QUICK = GridSize(steps=2, prompts_per_step=4)
+#: ``--quick``'s n2_r2: two rollouts of 4 prompts, each two updates of 2 prompts
+QUICK = GridSize(steps=4, prompts_per_step=2)
 DEFAULT = GridSize(steps=16, prompts_per_step=8, eval_every=8, seeds=2)
-FULL = GridSize(steps=30, prompts_per_step=8, eval_every=5, seeds=3)
+#: steps and eval cadence multiples of every N the lab runs (4): each variant evaluates at the same gradient steps
+FULL = GridSize(steps=32, prompts_per_step=8, eval_every=8, seeds=3)
 
 
 # ----------------------------------------------------------------------------------------------- the paper's claims
@@ -170,6 +201,7 @@ EXPECTS: dict[str, str] = {
     "a<=b": "a's metric does not beat b's: no gain",
     "a<b": "a's metric is below (1 - the KL margin) x b's",
     "a collapses": "a collapses; where it does not, b beating a reproduces the claim (trains worse)",
+    "a learns": "a trains stably: its score at the end beats its start (held-out accuracy before training)",
     "converge": "the variants of `regime` that ran end within the margin of each other, or closer than they started",
 }
 
@@ -196,6 +228,11 @@ def _off_policy_claims(n: int) -> tuple[Claim, ...]:
     other = "R3" if stable == "R2" else "R2"
     s, o = f"n{n}_{stable.lower()}", f"n{n}_{other.lower()}"
     return (
+        Claim(
+            f"Off-policy N={n}: MiniRL + {stable} (clipping and routing replay) trains stably: it ends above its start",
+            "a learns",
+            s,
+        ),
         Claim(
             f"Off-policy N={n}: without clipping the run collapses (or trains worse than with clipping + {stable})",
             "a collapses",
@@ -252,6 +289,8 @@ def check_claims(claims: Sequence[Claim], table: Mapping[str, Variant]) -> None:
             raise ValueError(f"claim {claim.text!r} names regime {claim.regime!r} no variant of the grid has")
         if not (claim.a or claim.regime):
             raise ValueError(f"claim {claim.text!r} names no variant")
+        if claim.expect == "a learns" and (claim.b or claim.metric != "score"):
+            raise ValueError(f"claim {claim.text!r}: 'a learns' compares a's score with its own start, nothing else")
 
 
 check_claims(CLAIMS, grid())
