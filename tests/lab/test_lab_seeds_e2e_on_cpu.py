@@ -28,7 +28,8 @@ def two_seeds(tmp_path_factory, ci_cold_start_models):
     env = {**os.environ, "RAY_DEDUP_LOGS": "1", "TOKENIZERS_PARALLELISM": "false"}
     env.pop("VERBOSE", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "verl_stable.lab", "--out", str(out), "--quick", "--steps", "2", "--seeds", "2"],
+        [sys.executable, "-m", "verl_stable.lab", "--out", str(out), "--quick", "--steps", "2", "--seeds", "2",
+         "--jobs", "2"],  # both seeds at once: two trainers, two local Ray clusters side by side
         cwd=out.parent,
         env=env,
         capture_output=True,
@@ -41,7 +42,7 @@ def two_seeds(tmp_path_factory, ci_cold_start_models):
 
 def test_each_seed_is_its_own_run_with_its_seeds_and_the_same_cold_start(two_seeds):
     out, stdout = two_seeds
-    assert "seeds 0, 1 (one cold start for all)" in stdout
+    assert "seeds 0, 1 (one cold start for all)" in stdout and "2 runs at a time" in stdout
     assert f"{NAME}" in stdout and " seed 1 " in stdout
     models = set()
     for seed in (0, 1):

@@ -78,7 +78,8 @@ def render(
         f"`{args.get('trainer', '?')}`. Every {'(variant, seed)' if several else 'variant'} is one "
         f"`python -m verl_stable.main` run through verl's trainer "
         f"(`{where}/command.txt`); the numbers below are computed from verl's metrics "
-        f"(`{where}/metrics.jsonl`). Total wall time {meta.get('wall_s', float('nan')):.0f} s.",
+        f"(`{where}/metrics.jsonl`). Total wall time {meta.get('wall_s', float('nan')):.0f} s"
+        + (f", {args['jobs']} runs at a time (`--jobs`)." if args.get("jobs", 1) > 1 else "."),
         "",
         "## Results",
         "",
