@@ -464,6 +464,9 @@ def _platform() -> dict:
         "torch": torch.__version__,
         "cpus": os.cpu_count(),
         "machine": platform.machine(),
+        # the kernels torch dispatches to (AVX512 / AVX2 / DEFAULT, or what ATEN_CPU_CAPABILITY forces): runs agree
+        # bit for bit only where these do
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
 
