@@ -122,7 +122,7 @@ def test_a_finished_run_with_the_same_command_is_reused_and_any_other_is_not(tmp
 
 
 # ------------------------------------------------------------------------------------------------ --threads
-def test_every_run_gets_the_labs_thread_count_whatever_the_shell_exports(monkeypatch):
+def test_every_run_gets_the_labs_thread_count_whatever_the_shell_exports(monkeypatch, tmp_path):
     from verl_stable.apps import console
 
     monkeypatch.setenv("OMP_NUM_THREADS", "2")
@@ -139,6 +139,10 @@ def test_every_run_gets_the_labs_thread_count_whatever_the_shell_exports(monkeyp
         run.parse_args(["--threads", "0"])
     with pytest.raises(ValueError, match="--threads"):
         run.Args(threads=0).env
+    with pytest.raises(SystemExit):
+        run.parse_args(["--jobs", "0"])
+    with pytest.raises(ValueError, match="--jobs"):
+        run.run_lab(run.Args(jobs=0, out=tmp_path))
 
 
 def test_a_size_that_is_not_whole_rollouts_is_refused_before_anything_is_built(tmp_path):

@@ -323,6 +323,8 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = vt.grid(setup.cold_starts)
     chosen = vt.select(args.variants, table)
+    if args.jobs < 1:  # Python callers too (the CLI refuses it in parse_args)
+        raise ValueError(f"--jobs must be >= 1, got {args.jobs}")
     for v in chosen:  # a size that is not whole rollouts of a variant: refused before data and cold starts are built
         v.overrides(args.size)
     size = args.size
@@ -408,7 +410,6 @@ def run_lab(args: Args, setup: LabSetup | None = None) -> Path:
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
         for i, run in zip(todo, pool.map(launch, todo)):
             runs[i] = run
-    runs = [r for r in runs if r is not None]
     rows = {v.name: {r.seed: r.rows for r in runs if r.name == v.name} for v in chosen}
     share_baseline_evals(rows, baseline_of)
     meta = {
